@@ -273,7 +273,7 @@ class Registry:
             backend=module.name,
             obj=obj,
             device=adapted.device,
-            options={"runner": adapted.runner, **adapted.parameters},
+            options={"runner": adapted.runner, **adapted.writer_options},
             close=adapted.close,
         )
         return self.add(entry)
