@@ -117,7 +117,11 @@ def _message(value: Any, message: Any, field: str) -> Any:
                 f"invalid {field}: {exc}",
                 hint=f"see the fields of Triton's {type(message).__name__} in model_config.proto",
             ) from None
-    raise ConfigError(f"{field} must be True, a dict or a {type(message).__name__}", got=repr(value))
+    raise ConfigError(
+        f"{field} must be True, a dict or a {type(message).__name__}",
+        got=repr(value),
+        hint=f"pass {field}={{...}} with the field names of Triton's {type(message).__name__}",
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -139,6 +143,7 @@ def _version_policy(value: Any) -> mc.ModelVersionPolicy:
         raise ConfigError(
             f"unknown version_policy {value!r}",
             expected='"latest", "all", {"latest": {"num_versions": N}} or {"specific": {"versions": [...]}}',
+            hint='version_policy="all", version_policy=2 (latest two) or version_policy=[1, 3] (those versions)',
         )
     if isinstance(value, int):
         return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=value))
@@ -152,9 +157,11 @@ def _instance_groups(instances: Any, kind: str | None) -> list[mc.ModelInstanceG
     if not kind_name.startswith("KIND_"):
         kind_name = "KIND_" + kind_name
     if kind_name not in mc.ModelInstanceGroup.Kind.keys():
-        raise ConfigError(f"unknown instance_kind {kind!r}", expected="cpu, gpu, model or auto")
+        raise ConfigError(f"unknown instance_kind {kind!r}", expected="cpu, gpu, model or auto",
+                          hint='instance_kind="cpu" or instance_kind="gpu"')
     if isinstance(instances, bool) or instances is None:
-        raise ConfigError("instances must be a count or a list of instance groups", got=repr(instances))
+        raise ConfigError("instances must be a count or a list of instance groups", got=repr(instances),
+                          hint='instances=2, or instances=[{"count": 2, "kind": "KIND_CPU"}]')
     if isinstance(instances, int):
         if instances < 1:
             raise ConfigError("instances must be at least 1", got=instances, hint="instances=1")
@@ -213,14 +220,7 @@ def build_config(
     if backend:
         cfg.backend = backend
     if max_batch_size is not None and (max_batch_size or not base.max_batch_size):
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
-            raise ConfigError(
-                "max_batch_size must be an integer >= 0",
-                model=name,
-                got=repr(max_batch_size),
-                hint="max_batch_size=0 turns batching off; 64 is a good start",
-            )
-        cfg.max_batch_size = max_batch_size
+        cfg.max_batch_size = check_max_batch_size(max_batch_size, model=name)
     input_list, output_list = to_specs(inputs, kind="input"), to_specs(outputs, kind="output")
     if input_list:
         del cfg.input[:]
@@ -249,6 +249,18 @@ def build_config(
     return cfg
 
 
+def check_max_batch_size(value: Any, *, model: str | None = None) -> int:
+    """``value`` when it is an integer >= 0, else ConfigError naming the fix."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            "max_batch_size must be an integer >= 0",
+            model=model,
+            got=repr(value),
+            hint="max_batch_size=0 turns batching off; 64 is a good start",
+        )
+    return value
+
+
 def config_from(value: Any) -> ModelConfig:
     """A ModelConfig from a proto, ``config.pbtxt`` text or a dict in Triton's JSON form."""
     if isinstance(value, ModelConfig):
@@ -257,7 +269,8 @@ def config_from(value: Any) -> ModelConfig:
         return parse(value)
     if isinstance(value, Mapping):
         return _message(value, ModelConfig(), "config")
-    raise ConfigError("config must be a ModelConfig, config.pbtxt text or a dict", got=type(value).__name__)
+    raise ConfigError("config must be a ModelConfig, config.pbtxt text or a dict", got=type(value).__name__,
+                      hint='pass config=\'max_batch_size: 8\' (config.pbtxt text) or a dict of its fields')
 
 
 # ----------------------------------------------------------------------------- text format
@@ -298,7 +311,8 @@ def validate(config: ModelConfig) -> ModelConfig:
     name = config.name
     validate_name(name)
     if config.max_batch_size < 0:
-        raise ConfigError("max_batch_size must be >= 0", model=name, got=config.max_batch_size)
+        raise ConfigError("max_batch_size must be >= 0", model=name, got=config.max_batch_size,
+                          hint="max_batch_size: 0 turns batching off")
     is_ensemble = config.platform == "ensemble"
     if is_ensemble != config.HasField("ensemble_scheduling"):
         raise ConfigError(
@@ -324,7 +338,8 @@ def validate(config: ModelConfig) -> ModelConfig:
     _validate_dynamic_batching(config)
     for group in config.instance_group:
         if group.count < 0:
-            raise ConfigError("instance_group count must be >= 1", model=name, got=group.count)
+            raise ConfigError("instance_group count must be >= 1", model=name, got=group.count,
+                              hint="instances=1")
     policy = config.version_policy
     if policy.HasField("specific"):
         if not policy.specific.versions or any(v < 1 for v in policy.specific.versions):
@@ -332,9 +347,11 @@ def validate(config: ModelConfig) -> ModelConfig:
                 "version_policy specific needs versions >= 1",
                 model=name,
                 got=list(policy.specific.versions),
+                hint="list existing version numbers, e.g. version_policy=[1, 2]",
             )
     if policy.HasField("latest") and policy.latest.num_versions < 1:
-        raise ConfigError("version_policy latest needs num_versions >= 1", model=name)
+        raise ConfigError("version_policy latest needs num_versions >= 1", model=name,
+                          got=policy.latest.num_versions, hint="version_policy=1 serves the latest version")
     return config
 
 
@@ -348,6 +365,7 @@ def _validate_tensor(config: ModelConfig, kind: str, t: Any) -> None:
             model=name,
             tensor=t.name,
             expected="one of " + ", ".join(row.config_name for row in DTYPES.values()),
+            hint=f'set data_type, e.g. TensorSpec("{t.name}", dims, "FP32")',
         )
     if not t.dims and not (t.HasField("reshape")):
         raise ConfigError(
@@ -388,6 +406,7 @@ def _validate_dynamic_batching(config: ModelConfig) -> None:
                 model=name,
                 expected=f"1..{config.max_batch_size}",
                 got=size,
+                hint=f"drop preferred batch sizes above {config.max_batch_size}, or raise max_batch_size to {size}",
             )
     if db.priority_levels == 0 and (db.default_priority_level or db.priority_queue_policy):
         raise ConfigError(
@@ -401,6 +420,7 @@ def _validate_dynamic_batching(config: ModelConfig) -> None:
             model=name,
             expected=f"1..{db.priority_levels}",
             got=db.default_priority_level,
+            hint="set default_priority_level to a level between 1 and priority_levels (1 is the highest)",
         )
     for level in db.priority_queue_policy:
         if not 1 <= level <= db.priority_levels:
@@ -409,6 +429,7 @@ def _validate_dynamic_batching(config: ModelConfig) -> None:
                 model=name,
                 expected=f"1..{db.priority_levels}",
                 got=level,
+                hint=f"key priority_queue_policy by levels 1..{db.priority_levels}, or raise priority_levels",
             )
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .backends import backend, backend_for
 from .backends.base import Adapted
-from .config import ModelConfig, build_config, render, validate_name
+from .config import ModelConfig, build_config, check_max_batch_size, render, validate_name
 from .config import input_specs, output_specs
 from .errors import ConfigError, InferenceError, ModelNotFound
 from .requests import check_inputs
@@ -236,6 +236,8 @@ class Registry:
         module = backend_for(obj, framework, model=name)
         config_options = {k: options.pop(k) for k in list(options) if k in _CONFIG_KEYS}
         max_batch_size = config_options.pop("max_batch_size", None)
+        if max_batch_size is not None:  # checked before the backend runs the model with it
+            check_max_batch_size(max_batch_size, model=name)
         # Bare names rename tensors without fixing their dtype or dims: backends infer those.
         if _names_only(inputs):
             options["input_names"], inputs = list(inputs), None
@@ -263,7 +265,8 @@ class Registry:
             if version is None:
                 version = max(model.versions) + 1 if model and model.versions else 1
             if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-                raise ConfigError("version must be an integer >= 1", model=name, got=repr(version))
+                raise ConfigError("version must be an integer >= 1", model=name, got=repr(version),
+                                  hint="leave version out to add the next version, or pass version=1 or higher")
         entry = ModelVersion(
             name=name,
             version=version,
