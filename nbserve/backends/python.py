@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from ..config import ModelConfig, input_specs, output_specs
-from ..errors import InferenceError, SignatureError
+from ..errors import ExportError, InferenceError, SignatureError
 from ..tensors import TensorSpec, array_library
 from . import _python_runtime
 from .base import Adapted, normalize_example, specs_from_arrays, synthesize_example, check_declared
@@ -216,7 +216,16 @@ def write(obj: Any, config: ModelConfig, version_dir: Path, options: dict[str, A
     batched = getattr(runner, "batched", True)
     keyword = getattr(runner, "keyword", None)
     version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / CALLABLE_FILE).write_bytes(cloudpickle.dumps(getattr(runner, "fn", obj)))
+    try:
+        payload = cloudpickle.dumps(getattr(runner, "fn", obj))
+    except Exception as exc:  # whatever the callable holds on to: locks, sockets, open files...
+        raise ExportError(
+            f"the callable cannot be serialized with cloudpickle: {type(exc).__name__}: {exc}",
+            model=config.name,
+            hint="create locks, open files, sockets and clients inside the function (or on its first call), "
+            "not in variables it closes over",
+        ) from exc
+    (version_dir / CALLABLE_FILE).write_bytes(payload)
     signature = {
         "inputs": [t.name for t in config.input],
         "outputs": [t.name for t in config.output],
