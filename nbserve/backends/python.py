@@ -39,10 +39,12 @@ def parameter_names(fn: Any) -> list[str]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return []
+    # Parameters with defaults are options (k=3), not tensors, unless an example dict names them.
     return [
         p.name
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.default is inspect.Parameter.empty
     ]
 
 
