@@ -15,7 +15,7 @@ from .config import ModelConfig
 from .errors import InvalidInput
 from .tensors import array_library, as_bytes_array, numpy_dtype, shape_matches, triton_dtype
 
-__all__ = ["check_inputs", "request_rows"]
+__all__ = ["check_inputs", "request_rows", "InputChecker"]
 
 
 def _dtype_name(value: Any) -> str:
@@ -148,3 +148,41 @@ def request_rows(config: ModelConfig, inputs: Mapping[str, Any]) -> int:
     if config.max_batch_size <= 0 or not inputs:
         return 1
     return int(next(iter(inputs.values())).shape[0])
+
+
+class InputChecker:
+    """``check_inputs`` with a fast path for the common request: a dict of NumPy arrays of the
+    declared dtypes and shapes. Anything else takes the full check, which converts or explains."""
+
+    def __init__(self, config: ModelConfig, version: int | None = None) -> None:
+        self.config = config
+        self.version = version
+        self.max_batch_size = config.max_batch_size
+        batch = [-1] if config.max_batch_size > 0 else []
+        self._specs = []
+        for t in config.input:
+            dtype_name = triton_dtype(t.data_type)
+            dtype = np.dtype(object) if dtype_name == "BYTES" else (
+                None if dtype_name == "BF16" else numpy_dtype(dtype_name))
+            dims = tuple(batch + list(t.dims))
+            self._specs.append((t.name, dtype, len(dims), [(i, d) for i, d in enumerate(dims) if d != -1]))
+        self._all_required = all(not t.optional for t in config.input)
+
+    def __call__(self, inputs: Any) -> dict[str, Any]:
+        if type(inputs) is dict and self._all_required and len(inputs) == len(self._specs):
+            rows = None
+            for name, dtype, ndim, fixed in self._specs:
+                value = inputs.get(name)
+                if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != ndim:
+                    break
+                shape = value.shape
+                if any(shape[i] != d for i, d in fixed):
+                    break
+                if self.max_batch_size > 0:
+                    if rows is None:
+                        rows = shape[0]
+                    if shape[0] != rows or not 0 < rows <= self.max_batch_size:
+                        break
+            else:
+                return inputs
+        return check_inputs(self.config, inputs, version=self.version)

@@ -91,6 +91,11 @@ def triton_dtype(value: Any) -> str:
     >>> triton_dtype("TYPE_STRING"), triton_dtype(np.float32), triton_dtype(np.zeros(2, "int8"))
     ('BYTES', 'FP32', 'INT8')
     """
+    if isinstance(value, np.ndarray):
+        value = value.dtype
+    if isinstance(value, np.dtype):
+        found = _BY_NUMPY.get(value)
+        return found if found is not None else _numpy_name(value)
     if isinstance(value, str):
         upper = value.upper()
         if upper.startswith("TYPE_"):

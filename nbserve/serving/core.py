@@ -23,7 +23,7 @@ from ..config import ModelConfig, config_from
 from ..errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NbserveError
 from ..registry import ModelVersion, Registry, RegistryEvent
 from ..repository import model_versions_to_load
-from ..requests import check_inputs
+from ..requests import InputChecker
 from ..tensors import merge, triton_dtype
 from .batcher import Closed, DynamicBatcher, Pending
 from .stats import ModelStats
@@ -59,6 +59,7 @@ class LoadedVersion:
         self.config = entry.config
         self.batched = entry.config.max_batch_size > 0
         self.output_names = [t.name for t in entry.config.output]
+        self.check_inputs = InputChecker(entry.config, entry.version)
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
 
@@ -261,8 +262,7 @@ class InferenceCore:
         priority: int,
     ) -> tuple[LoadedVersion, Pending]:
         loaded = self._route(model, version)
-        config = loaded.config
-        checked = check_inputs(config, inputs, version=loaded.version)
+        checked = loaded.check_inputs(inputs)
         if outputs:
             unknown = [o for o in outputs if o not in loaded.output_names]
             if unknown:
