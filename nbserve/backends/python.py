@@ -211,6 +211,29 @@ def model_py_source() -> str:
     return MODEL_PY_TEMPLATE.format(runtime=runtime, callable_file=CALLABLE_FILE, signature_file=SIGNATURE_FILE)
 
 
+def _is_installed(module_name: str) -> bool:
+    """True for the standard library and installed distributions (importable wherever Triton runs)."""
+    import importlib.metadata
+
+    top = module_name.split(".")[0]
+    return top in sys.stdlib_module_names or top in importlib.metadata.packages_distributions()
+
+
+@contextlib.contextmanager
+def _pickled_by_value(fn: Any, cloudpickle: Any):
+    """Pickle the callable's own module by value when it is a local file (a test, a helper module
+    next to the notebook): a Triton container or a child process could not import it by name."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    local = module is not None and module.__name__ != "__main__" and not _is_installed(module.__name__)
+    if local:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        if local:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
 def write(obj: Any, config: ModelConfig, version_dir: Path, options: dict[str, Any]) -> ModelConfig:
     import cloudpickle
 
@@ -218,8 +241,10 @@ def write(obj: Any, config: ModelConfig, version_dir: Path, options: dict[str, A
     batched = getattr(runner, "batched", True)
     keyword = getattr(runner, "keyword", None)
     version_dir.mkdir(parents=True, exist_ok=True)
+    fn = getattr(runner, "fn", obj)
     try:
-        payload = cloudpickle.dumps(getattr(runner, "fn", obj))
+        with _pickled_by_value(fn, cloudpickle):
+            payload = cloudpickle.dumps(fn)
     except Exception as exc:  # whatever the callable holds on to: locks, sockets, open files...
         raise ExportError(
             f"the callable cannot be serialized with cloudpickle: {type(exc).__name__}: {exc}",
