@@ -38,6 +38,10 @@ __all__ = ["Pending", "DynamicBatcher", "Closed", "resolve_all"]
 
 _REJECT, _DELAY = 0, 1  # model_config_pb2.ModelQueuePolicy.TimeoutAction values
 
+# Triton's queues are unbounded unless max_queue_size is set; in a notebook kernel an unbounded queue
+# means a runaway load generator eats the kernel's memory, so nbserve bounds them by default.
+DEFAULT_MAX_QUEUE_SIZE = 16384
+
 
 class Closed(Exception):
     """The batcher stopped accepting requests (its version is being retired); route again."""
@@ -101,7 +105,7 @@ class _Policy:
         self.timeout_action = policy.timeout_action
         self.default_timeout_ns = policy.default_timeout_microseconds * 1000
         self.allow_override = policy.allow_timeout_override
-        self.max_queue_size = policy.max_queue_size
+        self.max_queue_size = policy.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
 
 
 class _Reorderer:
