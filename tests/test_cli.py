@@ -77,3 +77,14 @@ def test_full_demo_as_a_command(tmp_path):
     registered = [line for line in result.stdout.splitlines() if line.startswith("  registered")]
     installed = [f for f in demo.FRAMEWORKS if not f.missing()]
     assert len(registered) == len(installed)  # every installed framework ran, none was skipped
+
+
+def test_foundation_example_runs(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "foundation.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "repo")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "standardize: outputs match" in result.stdout and "word_count: outputs match" in result.stdout
+    assert (tmp_path / "repo" / "word_count" / "config.pbtxt").is_file()

@@ -131,3 +131,18 @@ def test_docstring_examples_run(module_name, clean_default_registry):
     for test in tests:
         runner.run(test, out=report.append)
     assert runner.failures == 0, "".join(report)
+
+
+# ----------------------------------------------------------------------------- the README
+def test_readme_python_blocks_run(tmp_path, monkeypatch, clean_default_registry, capsys):
+    import re
+
+    readme = (PACKAGE_DIR.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README's quick tour has no python block"
+    monkeypatch.chdir(tmp_path)  # the tour writes model_repository/ in the working directory
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert "<RegisteredModel 'scale' v1 (python)" in capsys.readouterr().out
+    assert (tmp_path / "model_repository" / "scale" / "config.pbtxt").is_file()
