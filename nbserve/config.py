@@ -65,10 +65,11 @@ def validate_name(name: str, *, what: str = "model name") -> str:
     """A model name must be usable as one directory name inside a repository."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{what} must be a non-empty string", got=repr(name), hint="pass name='my_model'")
-    if name in (".", "..") or _BAD_NAME.search(name) or name != name.strip():
+    # A leading dot would make a hidden folder, which repository readers skip.
+    if name.startswith(".") or _BAD_NAME.search(name) or name != name.strip():
         raise ConfigError(
             f"{what} {name!r} cannot be a directory name in a model repository",
-            expected="letters, digits, '_', '-' or '.' without path separators",
+            expected="letters, digits, '_', '-' or '.' without path separators, not starting with '.'",
             got=repr(name),
             hint=f"use name={re.sub(r'[^A-Za-z0-9_.-]+', '_', name.strip()).strip('.') or 'model'!r}",
         )

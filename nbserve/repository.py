@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+
 from .backends import backend, backend_for_config
 from .config import ModelConfig, parse, render, validate
 from .config import validate_name
@@ -211,7 +213,10 @@ def read_model_config(model_dir: Path) -> ModelConfig:
 
 def load_model_dir(model_dir: Path, config: ModelConfig, registry: Registry) -> list[ModelVersion]:
     """Load the versions of one model folder into ``registry``."""
-    available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
+    # Triton's rule: version folders are numbers; names that start with 0 are ignored.
+    folders = {int(p.name): p for p in model_dir.iterdir()
+               if p.is_dir() and p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")}
+    available = sorted(folders)
     if config.platform == "ensemble":
         from .ensemble import ensemble_runner
 
@@ -234,10 +239,19 @@ def load_model_dir(model_dir: Path, config: ModelConfig, registry: Registry) -> 
             got="none",
             hint="create a numeric version folder such as 1/",
         )
+    versions = model_versions_to_load(config, available)
+    if not versions:  # Triton refuses such a model too
+        raise ConfigError(
+            "no version folder matches the version_policy",
+            model=config.name,
+            expected=text_format.MessageToString(config.version_policy, as_one_line=True),
+            got=f"version folders {available}",
+            hint=f"add the version folders the policy names, or change version_policy in {model_dir / 'config.pbtxt'}",
+        )
     module = backend_for_config(config)
     loaded = []
-    for version in model_versions_to_load(config, available):
-        adapted = module.read(config, model_dir / str(version))
+    for version in versions:
+        adapted = module.read(config, folders[version])
         entry = entry_from_adapted(config.name, version, config, adapted, module.name)
         registry.add(entry)
         loaded.append(entry)

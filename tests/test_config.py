@@ -162,7 +162,7 @@ def test_config_from_json_dict_and_bad_type():
 
 
 # ----------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", "", " padded ", "a:b", "x\x00y", "../escape"])
+@pytest.mark.parametrize("name", ["a/b", "a\\b", "..", ".", ".hidden", "", " padded ", "a:b", "x\x00y", "../escape"])
 def test_names_that_cannot_be_directories(name):
     with pytest.raises(ConfigError) as info:
         validate_name(name)

@@ -100,6 +100,25 @@ def test_version_policy_on_read(registry, tmp_path, policy, loaded):
         assert model.infer({"x": X}, version=version)["output_0"][0, 0] == version
 
 
+def test_version_folders_follow_tritons_rules(registry, tmp_path):
+    registry.register(lambda x: x + 1, name="m", example=X, version_policy="all")
+    repo = write_repository(tmp_path / "repo", registry)
+    (repo / "m" / "1").rename(repo / "m" / "7")
+    for ignored in ("0", "01", "latest", "٣"):  # Triton ignores these: not a number, or starting with 0
+        (repo / "m" / ignored).mkdir()
+    assert sorted(read_repository(repo).get("m").versions) == [7]
+
+
+def test_a_policy_that_selects_no_version_is_refused(registry, tmp_path):
+    registry.register(lambda x: x + 1, name="m", example=X, version_policy=[4, 5])
+    repo = write_repository(tmp_path / "repo", registry)
+    with pytest.raises(ConfigError) as info:
+        read_repository(repo)
+    message = str(info.value)
+    assert "no version folder matches the version_policy" in message and "version folders [1]" in message
+    assert "versions: 4" in message and str(repo / "m" / "config.pbtxt") in message
+
+
 def test_model_versions_to_load():
     cfg = parse('name: "m"')
     assert model_versions_to_load(cfg, [3, 1, 10]) == [10]

@@ -77,6 +77,7 @@ class CallableRunner:
                  batch_dim=True):
         self.fn = fn
         # Triton needs at least one dim per item: a batch of scalars (shape [N]) is served as [N, 1].
+        self.batch_dim = batch_dim
         self.min_rank = 2 if batch_dim else 1
         self.input_names = list(input_names)
         self.output_names = list(output_names) if output_names else None
@@ -142,6 +143,8 @@ def _stack(values):
 
 def run_requests(runner, requests_inputs):
     """Merge per-request inputs along the batch, run once, split the outputs back per request."""
+    if not getattr(runner, "batch_dim", True):  # no batch dimension: nothing to merge along
+        return [runner(inputs) for inputs in requests_inputs]
     sizes = [len(next(iter(r.values()))) if r else 1 for r in requests_inputs]
     names = requests_inputs[0].keys()
     merged = {n: _concat([r[n] for r in requests_inputs]) for n in names}

@@ -193,6 +193,12 @@ def test_run_requests_merges_and_splits():
     np.testing.assert_array_equal(results[2]["output_0"], X[1:] * 10)
 
 
+def test_run_requests_without_a_batch_dimension_runs_each_request():
+    runner = _python_runtime.CallableRunner(lambda x: x.sum(axis=0), ["x"], batch_dim=False)
+    results = _python_runtime.run_requests(runner, [{"x": X}, {"x": X[:1]}])
+    assert [r["output_0"].tolist() for r in results] == [[3.0, 5.0, 7.0], [0.0, 1.0, 2.0]]
+
+
 def test_output_count_mismatch_is_explained():
     runner = _python_runtime.CallableRunner(lambda x: (x, x), ["x"], ["only"])
     with pytest.raises(ValueError, match="returned 2 outputs but 1 are declared"):
