@@ -203,8 +203,9 @@ def decode_request(
         header = _loads(view[:header_length])
     except ValueError as exc:
         hint = (
-            "send the JSON inference request as the body"
-            if header_length == size
+            f"send the JSON inference request as the body; when binary tensors follow the JSON, set the "
+            f"{HEADER_LENGTH} header to the JSON's byte length"
+            if not has_header
             else f"{HEADER_LENGTH} is {header_length}: it must be exactly the JSON header's byte length"
         )
         raise InvalidInput(f"the request body is not valid JSON ({exc})", model=model, hint=hint) from None
