@@ -36,6 +36,7 @@ __all__ = [
     "serialize_bytes",
     "deserialize_bytes",
     "as_bytes_array",
+    "to_bytes",
     "shape_matches",
 ]
 
@@ -297,6 +298,19 @@ def _on_host(x: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- BYTES tensors
+def to_bytes(item: Any) -> bytes:
+    """One BYTES element, as tritonclient encodes it: bytes as they are, anything else as UTF-8 text.
+
+    >>> to_bytes("é"), to_bytes(b"raw"), to_bytes(3)
+    (b'\\xc3\\xa9', b'raw', b'3')
+    """
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    return str(item).encode("utf-8")  # bytes(3) would be three zero bytes
+
+
 def as_bytes_array(x: Any) -> np.ndarray:
     """An object array of ``bytes`` from str/bytes arrays or lists (Triton's BYTES)."""
     arr = np.asarray(x, dtype=object) if not isinstance(x, np.ndarray) else x
@@ -307,7 +321,7 @@ def as_bytes_array(x: Any) -> np.ndarray:
     flat = arr.reshape(-1)
     out = np.empty(flat.shape, dtype=object)
     for i, item in enumerate(flat):
-        out[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        out[i] = to_bytes(item)
     return out.reshape(arr.shape)
 
 
@@ -315,7 +329,7 @@ def serialize_bytes(arr: np.ndarray) -> bytes:
     """Triton's binary BYTES layout: each element as a 4-byte little-endian length then its bytes."""
     parts = []
     for item in np.asarray(arr, dtype=object).reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        data = to_bytes(item)
         parts.append(struct.pack("<I", len(data)))
         parts.append(data)
     return b"".join(parts)

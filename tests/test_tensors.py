@@ -279,6 +279,12 @@ def test_as_bytes_array():
     assert as_bytes_array(np.array([b"x", b"yz"])).tolist() == [b"x", b"yz"]
 
 
+def test_non_text_elements_are_encoded_as_tritonclient_does():
+    # tritonclient's serialize_byte_tensor: bytes as they are, anything else as str(x) in UTF-8.
+    assert as_bytes_array([1, 2.5, b"x", bytearray(b"y")]).tolist() == [b"1", b"2.5", b"x", b"y"]
+    assert deserialize_bytes(serialize_bytes(np.array([7, "é"], dtype=object)), [2]).tolist() == [b"7", "é".encode()]
+
+
 def test_serialize_bytes_layout_is_tritons():
     buffer = serialize_bytes(np.array([b"ab", "c"], dtype=object))
     assert buffer == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"

@@ -35,7 +35,8 @@ def _to_output_array(value, dtype):
         return value.to_cupy() if hasattr(value, "to_cupy") else value.values
     array = np.asarray(value)
     if array.dtype.kind in ("U", "S") or dtype == "BYTES":
-        flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) if not isinstance(x, bytes) else x
+        # As tritonclient encodes BYTES: bytes as they are, anything else as UTF-8 text.
+        flat = [x if isinstance(x, bytes) else bytes(x) if isinstance(x, bytearray) else str(x).encode("utf-8")
                 for x in array.reshape(-1).tolist()]
         out = np.empty(len(flat), dtype=object)
         out[:] = flat

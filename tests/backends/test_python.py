@@ -172,6 +172,12 @@ def test_bytes_in_and_out(registry):
     assert out.tolist() == [[b"HI!"], ["ÇA!".encode()]]
 
 
+def test_declared_bytes_output_encodes_numbers_as_text(registry):
+    model = registry.register(lambda x: x.astype(int).astype(object), name="m", example=X,
+                              outputs=[TensorSpec("y", [3], "BYTES")])
+    assert model.infer({"x": X[:1]})["y"].tolist() == [[b"0", b"1", b"2"]]
+
+
 def test_bytes_per_item(registry):
     model = registry.register(lambda text: text[0][::-1], name="rev", example=TEXT, batched=False)
     assert model.infer({"text": np.array([[b"abc"], [b"z"]], dtype=object)})["output_0"].tolist() == [[b"cba"], [b"z"]]
