@@ -262,6 +262,22 @@ def check_max_batch_size(value: Any, *, model: str | None = None) -> int:
     return value
 
 
+def with_reshapes(
+    config: ModelConfig, inputs: Mapping[str, Any] | None = None, outputs: Mapping[str, Any] | None = None
+) -> ModelConfig:
+    """A copy of ``config`` with ``reshape { shape: ... }`` on the tensors whose model shape differs
+    from their dims (Triton needs at least one dim per item: a model's per-item scalar is declared
+    ``dims: [1]`` with ``reshape { shape: [] }``)."""
+    out = ModelConfig()
+    out.CopyFrom(config)
+    for tensors, shapes in ((out.input, inputs or {}), (out.output, outputs or {})):
+        for tensor in tensors:
+            if tensor.name in shapes and not tensor.HasField("reshape"):
+                tensor.reshape.SetInParent()  # an empty shape is meaningful: a scalar per item
+                tensor.reshape.shape[:] = list(shapes[tensor.name])
+    return out
+
+
 def config_from(value: Any) -> ModelConfig:
     """A ModelConfig from a proto, ``config.pbtxt`` text or a dict in Triton's JSON form."""
     if isinstance(value, ModelConfig):

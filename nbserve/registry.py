@@ -17,7 +17,7 @@ from typing import Any, Literal
 from .backends import backend, backend_for
 from .backends.base import Adapted
 from .config import ModelConfig, build_config, check_max_batch_size, render, validate_name
-from .config import input_specs, output_specs
+from .config import input_specs, output_specs, with_reshapes
 from .errors import ConfigError, InferenceError, ModelNotFound
 from .requests import check_inputs
 from .tensors import TensorSpec
@@ -409,7 +409,7 @@ def _config_for(name: str, adapted: Adapted, options: dict[str, Any]) -> ModelCo
     options.setdefault("instance_kind", "gpu" if adapted.device == "gpu" else "cpu")
     parameters = dict(adapted.parameters)
     parameters.update(options.pop("parameters", None) or {})
-    return build_config(
+    config = build_config(
         name=name,
         inputs=adapted.inputs,
         outputs=adapted.outputs,
@@ -419,6 +419,9 @@ def _config_for(name: str, adapted: Adapted, options: dict[str, Any]) -> ModelCo
         parameters=parameters,
         **options,
     )
+    if adapted.input_reshapes or adapted.output_reshapes:
+        config = with_reshapes(config, adapted.input_reshapes, adapted.output_reshapes)
+    return config
 
 
 default_registry = Registry()

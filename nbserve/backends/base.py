@@ -46,6 +46,9 @@ class Adapted:
     backend: str = ""
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
     device: str = "cpu"  # "cpu" or "gpu": export writes KIND_GPU for models that ran on a GPU
+    # Tensors whose model shape differs from their dims (per-item scalars): reshape { shape: ... }.
+    input_reshapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    output_reshapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     # Handed to the backend's write() later (never to the config): e.g. the example batch for tracing.
     writer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     close: Callable[[], None] | None = None

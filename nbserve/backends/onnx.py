@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, input_specs, output_specs
+from ..config import ModelConfig, input_specs, output_specs, with_reshapes
 from ..errors import ConfigError, ExportError, SignatureError, require
 from ..tensors import TensorSpec, to_numpy
 from .base import Adapted, check_declared, module_names, normalize_example
@@ -69,14 +69,7 @@ def add_reshapes(
     config: ModelConfig, inputs: Mapping[str, Sequence[int]], outputs: Mapping[str, Sequence[int]]
 ) -> ModelConfig:
     """A copy of ``config`` with ``reshape { shape: ... }`` on the tensors whose model shape differs."""
-    out = ModelConfig()
-    out.CopyFrom(config)
-    for tensors, shapes in ((out.input, inputs), (out.output, outputs)):
-        for tensor in tensors:
-            if tensor.name in shapes and not tensor.HasField("reshape"):
-                tensor.reshape.SetInParent()  # an empty shape is meaningful: a scalar per item
-                tensor.reshape.shape[:] = list(shapes[tensor.name])
-    return out
+    return with_reshapes(config, inputs, outputs)
 
 
 def reshape_to(array: Any, shape: Sequence[int], batched: bool) -> Any:
@@ -330,6 +323,8 @@ def adapt(
         framework="onnx",
         platform=PLATFORM,
         device=_device(session),
+        input_reshapes=input_shapes,
+        output_reshapes=output_shapes,
     )
 
 

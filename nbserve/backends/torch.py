@@ -375,6 +375,8 @@ def _adapted(runner: TorchRunner, inputs: list[TensorSpec], outputs: list[Tensor
         platform=ONNX_PLATFORM if torch_format == "onnx" else PLATFORM,
         device="gpu" if runner.device.type == "cuda" else "cpu",
         writer_options=writer_options,
+        input_reshapes=runner.input_shapes,
+        output_reshapes=runner.output_shapes,
     )
 
 
