@@ -1,0 +1,420 @@
+"""The KServe v2 gRPC frontend: Triton's ``inference.GRPCInferenceService`` over the inference core.
+
+The servicer subclasses tritonclient's generated ``GRPCInferenceServiceServicer`` and is registered
+through the generated ``add_GRPCInferenceServiceServicer_to_server``, so method names, messages and
+(de)serializers come from Triton's own proto. Two engines can serve it on the server's event loop:
+
+* ``"native"`` (the default where available): :mod:`nbserve.serving._grpc_engine`, which drives
+  grpc's C core directly and costs a fraction of grpc.aio's CPU per call (see that module);
+* ``"aio"``: a plain ``grpc.aio`` server, the fallback, and the only engine that offers
+  ``ModelStreamInfer`` for now.
+
+``NBSERVE_GRPC_ENGINE=aio`` (or ``native``) overrides the choice. Errors map each nbserve error's
+``grpc_status`` to the call's status code, with the error's message (which names the fix) as
+details. Shared memory, trace and log settings answer UNIMPLEMENTED.
+
+Example (what ``nbserve.serve()`` does on its loop)::
+
+    endpoint = await start_grpc(core, "127.0.0.1", 0)
+    client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{endpoint.port}")
+    await endpoint.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from typing import Any
+
+from ..errors import ConfigError, InvalidInput, NbserveError
+from ._grpc_codec import decode_infer_request, encode_infer_response, parameter_value
+
+__all__ = ["start_grpc", "GrpcEndpoint", "make_servicer", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+_LOGGER = logging.getLogger("nbserve.grpc")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+_ENGINES = ("auto", "native", "aio")
+_SHM_DETAILS = (
+    "{what} is not supported by nbserve: send tensors inside the request (tritonclient does this "
+    "unless you register shared memory), or serve the exported repository with tritonserver"
+)
+
+
+def make_servicer(core: Any, *, token: str | None = None) -> Any:
+    """A ``GRPCInferenceServiceServicer`` answering from ``core`` (an ``InferenceCore``).
+
+    Args:
+        core: the inference core (see .notes/SERVING_API.md for the contract).
+        token: when set, every call but ServerLive/ServerReady needs the metadata
+            ``authorization: Bearer <token>``, else UNAUTHENTICATED.
+
+    Returns:
+        The servicer; register it with ``service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server``.
+    """
+    import grpc
+    from google.protobuf import json_format
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    expected_auth = None if token is None else f"Bearer {token}".encode()
+    Code = grpc.StatusCode
+    response_type = pb.ModelInferResponse
+    live_response = {True: pb.ServerLiveResponse(live=True), False: pb.ServerLiveResponse(live=False)}
+    ready_response = {True: pb.ServerReadyResponse(ready=True), False: pb.ServerReadyResponse(ready=False)}
+    TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
+
+    async def fail(context: Any, exc: BaseException) -> None:
+        if isinstance(exc, NbserveError):
+            code = getattr(Code, exc.grpc_status, Code.INTERNAL)
+            await context.abort(code, str(exc))
+        _LOGGER.error("unexpected error in a gRPC call", exc_info=exc)
+        await context.abort(Code.INTERNAL, f"internal server error ({type(exc).__name__}: {exc}); "
+                                           "this is a bug in nbserve: please report it")
+
+    async def authorize(context: Any) -> None:
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(given, expected_auth):
+                    return
+                break
+        await context.abort(
+            Code.UNAUTHENTICATED,
+            "missing or wrong bearer token: send the metadata ('authorization', 'Bearer <token>'), "
+            "e.g. client.infer(..., headers={'authorization': 'Bearer <token>'}) with tritonclient",
+        )
+
+    class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+        """Triton's GRPCInferenceService over an nbserve ``InferenceCore``."""
+
+        # -------------------------------------------------------------- health and metadata
+        async def ServerLive(self, request, context):
+            return live_response[bool(core.live())]
+
+        async def ServerReady(self, request, context):
+            return ready_response[bool(core.ready())]
+
+        async def ModelReady(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            return pb.ModelReadyResponse(ready=bool(core.model_ready(request.name, request.version or None)))
+
+        async def ServerMetadata(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            meta = core.server_metadata()
+            return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"],
+                                             extensions=meta.get("extensions", []))
+
+        async def ModelMetadata(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                meta = core.model_metadata(request.name, request.version or None)
+            except Exception as exc:
+                await fail(context, exc)
+
+            def tensors(items):
+                return [TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in items]
+
+            return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                            inputs=tensors(meta["inputs"]), outputs=tensors(meta["outputs"]))
+
+        async def ModelConfig(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                config = core.model_config(request.name, request.version or None)
+            except Exception as exc:
+                await fail(context, exc)
+            response = pb.ModelConfigResponse()
+            response.config.CopyFrom(config)
+            return response
+
+        async def ModelStatistics(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                stats = core.model_statistics(request.name, request.version)
+                return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+            except Exception as exc:
+                await fail(context, exc)
+
+        # -------------------------------------------------------------- inference
+        async def ModelInfer(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                decoded = decode_infer_request(request)
+                result = await core.infer(
+                    decoded.model,
+                    decoded.inputs,
+                    version=decoded.version or None,
+                    outputs=decoded.outputs,
+                    priority=decoded.priority,
+                    timeout_us=decoded.timeout_us,
+                    request_id=decoded.id,
+                    parameters=decoded.parameters or None,
+                )
+                batched = False
+                if decoded.classification:
+                    batched = core.model_config(result.model_name, result.model_version).max_batch_size > 0
+                return encode_infer_response(
+                    response_type,
+                    result.model_name,
+                    result.model_version,
+                    result.outputs,
+                    id=decoded.id,
+                    parameters=result.parameters,
+                    classification=decoded.classification,
+                    batched=batched,
+                )
+            except Exception as exc:
+                await fail(context, exc)
+
+        async def ModelStreamInfer(self, request_iterator, context):
+            # Triton's stream: each request gets one response; errors travel in error_message and
+            # the stream keeps going. Requests run concurrently and answer in completion order.
+            if expected_auth is not None:
+                await authorize(context)
+            queue: asyncio.Queue = asyncio.Queue()
+            running: set[asyncio.Task] = set()
+            stream_context = _StreamContext(tuple(context.invocation_metadata() or ()))
+
+            async def one(request):
+                try:
+                    response = await self.ModelInfer(request, stream_context)
+                    await queue.put(pb.ModelStreamInferResponse(infer_response=response))
+                except _StreamAbort as abort:
+                    await queue.put(pb.ModelStreamInferResponse(
+                        error_message=abort.details,
+                        infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                              model_version=request.model_version,
+                                                              id=request.id)))
+
+            async def read():
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+                await queue.put(None)
+
+            reader = asyncio.ensure_future(read())
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    yield item
+                await reader
+            finally:
+                reader.cancel()
+                for task in list(running):
+                    task.cancel()
+
+        # -------------------------------------------------------------- repository
+        async def RepositoryIndex(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                index = core.repository_index(ready=request.ready)
+            except Exception as exc:
+                await fail(context, exc)
+            Index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(models=[
+                Index(name=m["name"], version=str(m.get("version", "")), state=m.get("state", ""),
+                      reason=m.get("reason", "")) for m in index
+            ])
+
+        async def RepositoryModelLoad(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                config = None
+                for key, param in request.parameters.items():
+                    value = parameter_value(param)
+                    if key == "config":
+                        if not isinstance(value, str):
+                            raise InvalidInput("the 'config' load parameter must be a string of JSON",
+                                               model=request.model_name, got=type(value).__name__,
+                                               hint="pass config=json.dumps(model_config_dict)")
+                        config = value
+                    elif key.startswith("file:"):
+                        raise InvalidInput(
+                            "loading model files through the load API is not supported",
+                            model=request.model_name,
+                            got=key,
+                            hint="register the model in the notebook (nbserve.register) or put the files in "
+                                 "the served repository, then load it by name",
+                        )
+                await core.load_model(request.model_name, config=config)
+            except Exception as exc:
+                await fail(context, exc)
+            return pb.RepositoryModelLoadResponse()
+
+        async def RepositoryModelUnload(self, request, context):
+            if expected_auth is not None:
+                await authorize(context)
+            try:
+                dependents = request.parameters.get("unload_dependents")
+                await core.unload_model(request.model_name,
+                                        unload_dependents=bool(dependents is not None and parameter_value(dependents)))
+            except Exception as exc:
+                await fail(context, exc)
+            return pb.RepositoryModelUnloadResponse()
+
+        # -------------------------------------------------------------- not offered
+        async def SystemSharedMemoryStatus(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="system shared memory"))
+
+        async def SystemSharedMemoryRegister(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="system shared memory"))
+
+        async def SystemSharedMemoryUnregister(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="system shared memory"))
+
+        async def CudaSharedMemoryStatus(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="CUDA shared memory"))
+
+        async def CudaSharedMemoryRegister(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="CUDA shared memory"))
+
+        async def CudaSharedMemoryUnregister(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, _SHM_DETAILS.format(what="CUDA shared memory"))
+
+        async def TraceSetting(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, "trace settings are not supported by nbserve: use "
+                                                    "nbserve.bench and the statistics (ModelStatistics) instead")
+
+        async def LogSettings(self, request, context):
+            await context.abort(Code.UNIMPLEMENTED, "log settings are not supported by nbserve: configure the "
+                                                    "'nbserve' logger with Python's logging module instead")
+
+    class _StreamAbort(Exception):
+        def __init__(self, details: str) -> None:
+            super().__init__(details)
+            self.details = details
+
+    class _StreamContext:
+        """Context for one request inside a stream: an error becomes that response's error_message."""
+
+        def __init__(self, metadata: tuple) -> None:
+            self._metadata = metadata
+
+        def invocation_metadata(self) -> tuple:
+            return self._metadata
+
+        async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
+            raise _StreamAbort(details)
+
+    return InferenceServicer()
+
+
+class GrpcEndpoint:
+    """A running gRPC frontend: ``port`` and ``close()`` (see the Endpoint protocol)."""
+
+    def __init__(self, port: int, engine: str, server: Any) -> None:
+        self.port = port
+        self.engine = engine
+        self._server = server
+        self._closed = False
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop accepting calls, finish in-flight ones (at most ``grace_s``), release the port."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._server.stop(grace_s)
+
+    def __repr__(self) -> str:
+        return f"<GrpcEndpoint port={self.port} engine={self.engine}>"
+
+
+def _choose_engine(engine: str | None) -> str:
+    from . import _grpc_engine
+
+    choice = (engine or os.environ.get("NBSERVE_GRPC_ENGINE") or "auto").lower()
+    if choice not in _ENGINES:
+        raise ConfigError(f"unknown gRPC engine {choice!r}", expected=" or ".join(_ENGINES),
+                           hint="set NBSERVE_GRPC_ENGINE to 'native' or 'aio', or leave it unset")
+    if choice == "auto":
+        return "native" if _grpc_engine.available() else "aio"
+    if choice == "native" and not _grpc_engine.available():
+        raise ConfigError("the native gRPC engine needs grpc's C-core layer, which this grpcio lacks",
+                           got=_grpcio_version(), hint="use engine 'aio' or install grpcio>=1.60")
+    return choice
+
+
+def _grpcio_version() -> str:
+    import grpc
+
+    return f"grpcio {getattr(grpc, '__version__', '?')}"
+
+
+async def start_grpc(
+    core: Any,
+    host: str,
+    port: int,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    token: str | None = None,
+    engine: str | None = None,
+) -> GrpcEndpoint:
+    """Serve Triton's GRPCInferenceService for ``core`` on ``host:port`` from the running loop.
+
+    Args:
+        core: the inference core.
+        host, port: where to listen; port 0 picks a free port (see ``GrpcEndpoint.port``).
+        max_message_bytes: the largest request and response message.
+        token: optional bearer token (metadata ``authorization: Bearer <token>``).
+        engine: ``"native"``, ``"aio"`` or ``"auto"`` (default: ``$NBSERVE_GRPC_ENGINE`` or auto).
+
+    Returns:
+        The endpoint; ``await endpoint.close()`` stops it.
+
+    Raises:
+        ServerStateError: the address cannot be bound.
+    """
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    from ..errors import ServerStateError
+
+    chosen = _choose_engine(engine)
+    servicer = make_servicer(core, token=token)
+    options = [
+        ("grpc.max_receive_message_length", int(max_message_bytes)),
+        ("grpc.max_send_message_length", int(max_message_bytes)),
+        # Two nbserve servers must never share a port (re-running a notebook cell starts a new one).
+        ("grpc.so_reuseport", 0),
+    ]
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    if chosen == "native":
+        from ._grpc_engine import NativeServer, handler_table
+
+        handlers = handler_table(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, servicer)
+        server: Any = NativeServer(handlers, asyncio.get_running_loop(), options)
+        bound = server.add_insecure_port(address)
+        if not bound:
+            raise ServerStateError(f"cannot listen for gRPC on {address}", hint="choose another port, or 0 for a free one")
+        server.start()
+        return GrpcEndpoint(bound, chosen, server)
+
+    server = grpc.aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        bound, cause = 0, exc
+    else:
+        cause = None
+    if not bound:
+        raise ServerStateError(f"cannot listen for gRPC on {address}",
+                               hint="choose another port, or 0 for a free one") from cause
+    await server.start()
+    return GrpcEndpoint(bound, chosen, server)
