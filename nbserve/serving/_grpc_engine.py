@@ -207,7 +207,9 @@ class NativeServer:
         queue_shutdown = self._cygrpc.CompletionType.queue_shutdown
         pending = self._pending
         handlers = self._handlers
-        receive = (self._cygrpc.ReceiveMessageOperation(0),)
+        # A new operation object per batch: each holds its own C buffers (sharing one across calls
+        # frees the same received message twice).
+        receive = self._cygrpc.ReceiveMessageOperation
         try:
             while True:
                 event = cq.poll()
@@ -236,7 +238,7 @@ class NativeServer:
                         self._reject(event.call, details.method, handler)
                         continue
                     call = _Call(event.call, handler, event.invocation_metadata, details.deadline)
-                    call.call.start_server_batch(receive, call)
+                    call.call.start_server_batch((receive(0),), call)
                 elif tag is _SHUTDOWN:  # every call has finished
                     server.destroy()
                     cq.shutdown()
