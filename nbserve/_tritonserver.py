@@ -316,6 +316,19 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the thread that started it dies.
+
+    So a crashed test run or benchmark does not leave a tritonserver behind. (The signal follows the
+    starting *thread*: start servers from a thread that outlives them, e.g. the main thread.)
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
     """The real ``tritonserver`` on a model repository, on 127.0.0.1.
 
@@ -423,7 +436,7 @@ class TritonServer:
             self._log.clear()
             self._process = subprocess.Popen(
                 self.command(copy), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=_server_env(stub_env), cwd=str(copy),
+                env=_server_env(stub_env), cwd=str(copy), preexec_fn=_die_with_parent,
             )
             self._reader = threading.Thread(target=self._read_log, args=(self._process,), daemon=True,
                                             name="tritonserver-log")
