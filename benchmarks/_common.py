@@ -205,7 +205,7 @@ def run_perf_analyzer(
         str(binary), "-m", model, "-u", address, "-i", protocol,
         "--concurrency-range", f"{concurrency}:{concurrency}",
         "--measurement-interval", str(interval_ms),
-        "--stability-percentage", "1000", "--max-trials", str(windows),
+        "--stability-percentage", "1000000", "--max-trials", str(windows),
         "-v", "-f", str(csv_path),
     ]
     cpu_before = children_cpu_seconds()
