@@ -38,6 +38,7 @@ __all__ = ["available", "NativeServer", "HandlerCollector", "AbortRpc"]
 
 _NEW_CALL = "nbserve-new-call"
 _SHUTDOWN = "nbserve-shutdown"
+_FINAL = "nbserve-final-batch"  # the last batch of a unary call: its answer is on the wire
 # Outstanding request_call()s: the core hands each new call to one of them, so a few in reserve
 # let a burst of new calls start without waiting for the polling thread to ask again.
 _REQUESTS_IN_RESERVE = 8
@@ -109,12 +110,45 @@ class _Call:
         self.payload: bytes | None = None
 
 
+class _Stream:
+    """One bidirectional streaming call (``stream_stream`` handlers, e.g. ModelStreamInfer).
+
+    The polling thread keeps one receive outstanding and hands each message to the loop; the loop
+    runs the handler's async generator and writes its responses one at a time (gRPC allows one
+    send in flight per call), each write completing through the polling thread.
+    """
+
+    __slots__ = ("call", "handler", "metadata", "deadline", "inbox", "write_done", "metadata_sent")
+
+    def __init__(self, call: Any, handler: grpc.RpcMethodHandler, metadata: Any, deadline: float | None) -> None:
+        self.call = call
+        self.handler = handler
+        self.metadata = metadata
+        self.deadline = deadline
+        self.inbox: asyncio.Queue | None = None  # created on the loop
+        self.write_done: asyncio.Future | None = None
+        self.metadata_sent = False
+
+
+class _StreamTag:
+    """Completion tag of a stream's receive (``reading=True``) or send batch."""
+
+    __slots__ = ("stream", "reading")
+
+    def __init__(self, stream: _Stream, reading: bool) -> None:
+        self.stream = stream
+        self.reading = reading
+
+
+_END_OF_STREAM = object()
+
+
 class Context:
     """The part of ``grpc.aio.ServicerContext`` that nbserve's servicer uses."""
 
     __slots__ = ("_rpc", "trailing_metadata")
 
-    def __init__(self, rpc: _Call) -> None:
+    def __init__(self, rpc: _Call | _Stream) -> None:
         self._rpc = rpc
         self.trailing_metadata: tuple = ()
 
@@ -141,10 +175,12 @@ class NativeServer:
 
     Args:
         handlers: method path (``b"/package.Service/Method"``) -> ``grpc.RpcMethodHandler`` whose
-            ``unary_unary`` is an ``async def (request, context)``. Streaming methods answer
-            UNIMPLEMENTED.
+            ``unary_unary`` is an ``async def (request, context)``.
         loop: the event loop the handlers run on.
         options: grpc channel arguments (``("grpc.max_receive_message_length", n)``...).
+
+    ``stream_stream`` handlers (an async generator over an async iterator of requests) are served
+    too; unary-stream and stream-unary methods answer UNIMPLEMENTED (the service has none).
     """
 
     def __init__(self, handlers: Mapping[bytes, grpc.RpcMethodHandler], loop: asyncio.AbstractEventLoop,
@@ -159,10 +195,21 @@ class NativeServer:
         self._server.register_completion_queue(self._cq)
         self._pending: collections.deque[_Call] = collections.deque()
         self._wake_scheduled = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # unary handlers in flight
+        self._streams: set[asyncio.Task] = set()
+        # Final batches started (written by the loop thread only) and finished (by the polling thread
+        # only): stop() waits until every answer is on the wire before it cancels what is left.
+        self._finals_started = 0
+        self._finals_done = 0
+        self._drained: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._destroyed = False
         self._stopped: asyncio.Future | None = None  # resolved by the polling thread as it exits
+        # The C core forbids request_call after shutdown began and any call on a destroyed server;
+        # the checks in cygrpc run before it releases the GIL, so two threads can still interleave
+        # there. Every server-level call goes through this lock.
+        self._server_lock = threading.Lock()
         self._ok = cygrpc.StatusCode.ok
         self._op_initial = cygrpc.SendInitialMetadataOperation
         self._op_message = cygrpc.SendMessageOperation
@@ -181,24 +228,40 @@ class NativeServer:
         self._thread.start()
 
     async def stop(self, grace_s: float | None) -> None:
-        """Stop accepting calls, let in-flight handlers finish (at most ``grace_s``), release the port."""
+        """Stop accepting calls, let in-flight unary calls finish (at most ``grace_s``), end open
+        streams, release the port."""
         if self._thread is None or self._stopping:
             return
-        self._stopping = True
-        self._stopped = self._loop.create_future()
-        self._server.shutdown(self._cq, _SHUTDOWN)
-        tasks = set(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
-        # Calls still running after the grace period (and calls whose client went quiet) end here.
-        self._server.cancel_all_calls()
+        loop = self._loop
+        deadline = None if grace_s is None else loop.time() + grace_s
+        self._stopped = loop.create_future()
+        self._drained = asyncio.Event()
+        with self._server_lock:
+            self._stopping = True
+            self._server.shutdown(self._cq, _SHUTDOWN)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=_remaining(loop, deadline))
+        # A finished handler has only started its answer; wait until the answers are on the wire.
+        self._check_drained()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout=_remaining(loop, deadline))
+        except asyncio.TimeoutError:
+            pass
+        # Open streams, and calls still running after the grace period, end here.
+        with self._server_lock:
+            if not self._destroyed:
+                self._server.cancel_all_calls()
         try:
             await asyncio.wait_for(asyncio.shield(self._stopped), timeout=10.0)
         except asyncio.TimeoutError:
             _LOGGER.warning("the gRPC server did not shut down within 10 s")
-        for task in list(self._tasks):
+        for task in list(self._tasks) + list(self._streams):
             task.cancel()
         self._thread.join(timeout=1.0)
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self._finals_done >= self._finals_started:
+            self._drained.set()
 
     # ------------------------------------------------------------------ the polling thread
     def _poll(self) -> None:
@@ -217,30 +280,40 @@ class NativeServer:
                 if tag is None:
                     if event.completion_type == queue_shutdown:
                         return
-                    continue  # a final batch finished: nothing left to do for that call
+                    continue  # a stream ended or a call was refused: nothing left to do
+                if tag is _FINAL:
+                    self._finals_done += 1
+                    if self._stopping:
+                        self._call_soon(self._check_drained)
+                    continue
                 if type(tag) is _Call:
                     tag.payload = event.batch_operations[0].message() if event.success else None
                     pending.append(tag)
                     if not self._wake_scheduled:
                         self._wake_scheduled = True
                         self._wake()
+                elif type(tag) is _StreamTag:
+                    self._stream_event(tag, event, receive)
                 elif tag is _NEW_CALL:
                     if not event.success:  # the server is shutting down
                         continue
-                    if not self._stopping:
-                        try:
+                    with self._server_lock:
+                        if not self._stopping:
                             server.request_call(cq, cq, _NEW_CALL)
-                        except ValueError:  # shutdown began between the check and the call
-                            pass
                     details = event.call_details
                     handler = handlers.get(details.method)
-                    if handler is None or handler.request_streaming or handler.response_streaming:
+                    if handler is None or handler.request_streaming != handler.response_streaming:
                         self._reject(event.call, details.method, handler)
-                        continue
-                    call = _Call(event.call, handler, event.invocation_metadata, details.deadline)
-                    call.call.start_server_batch((receive(0),), call)
+                    elif handler.request_streaming:
+                        stream = _Stream(event.call, handler, event.invocation_metadata, details.deadline)
+                        self._call_soon(self._start_stream, stream)
+                    else:
+                        call = _Call(event.call, handler, event.invocation_metadata, details.deadline)
+                        call.call.start_server_batch((receive(0),), call)
                 elif tag is _SHUTDOWN:  # every call has finished
-                    server.destroy()
+                    with self._server_lock:
+                        self._destroyed = True
+                        server.destroy()
                     cq.shutdown()
         except Exception:  # pragma: no cover - a bug here would hang every client; make it loud
             _LOGGER.exception("the gRPC polling thread failed")
@@ -256,6 +329,24 @@ class NativeServer:
         except RuntimeError:  # the loop is closed; stop() is not waiting any more
             pass
 
+    def _stream_event(self, tag: _StreamTag, event: Any, receive: Callable[[int], Any]) -> None:
+        stream = tag.stream
+        if tag.reading:
+            message = event.batch_operations[0].message() if event.success else None
+            if message is None:  # the client closed its side (or went away)
+                self._call_soon(_feed, stream, _END_OF_STREAM)
+                return
+            self._call_soon(_feed, stream, message)
+            stream.call.start_server_batch((receive(0),), tag)
+        else:
+            self._call_soon(_resolve, stream.write_done, bool(event.success))
+
+    def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed: the server is going away with it
+            pass
+
     def _wake(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self._drain)
@@ -268,7 +359,7 @@ class NativeServer:
             code, details = cygrpc.StatusCode.unimplemented, f"Method not found: {method.decode(errors='replace')}"
         else:
             code = cygrpc.StatusCode.unimplemented
-            details = f"{method.decode(errors='replace')} is a streaming method, which this server does not offer yet"
+            details = f"{method.decode(errors='replace')} streams in one direction only, which this server does not offer"
         call.start_server_batch(
             (self._op_initial((), 0), self._op_status((), code, details, 0), self._op_close(0)), None
         )
@@ -290,7 +381,9 @@ class NativeServer:
         try:
             request = handler.request_deserializer(rpc.payload) if handler.request_deserializer else rpc.payload
         except Exception as exc:
-            self._send_status(rpc, self._cygrpc.StatusCode.internal, f"could not parse the request message: {exc}")
+            self._send_status(rpc, self._cygrpc.StatusCode.invalid_argument,
+                              f"the request is not a valid {_message_name(handler)} message ({exc}): "
+                              "send it with tritonclient.grpc or the generated stub")
             return
         rpc.payload = None
         context = Context(rpc)
@@ -341,18 +434,93 @@ class NativeServer:
                     self._op_status(context.trailing_metadata, self._ok, "", 0),
                     self._op_close(0),
                 ),
-                None,
+                _FINAL,
             )
         except Exception:  # the call is gone (server stopped): nothing to answer
             _LOGGER.debug("could not answer a gRPC call", exc_info=True)
+        else:
+            self._finals_started += 1
 
     def _send_status(self, rpc: _Call, code: int, details: str, trailing: tuple = ()) -> None:
         try:
             rpc.call.start_server_batch(
-                (self._op_initial((), 0), self._op_status(trailing, code, details, 0), self._op_close(0)), None
+                (self._op_initial((), 0), self._op_status(trailing, code, details, 0), self._op_close(0)), _FINAL
             )
         except Exception:
             _LOGGER.debug("could not answer a gRPC call", exc_info=True)
+        else:
+            self._finals_started += 1
+
+
+    # ------------------------------------------------------------------ streams (on the loop)
+    def _start_stream(self, stream: _Stream) -> None:
+        stream.inbox = asyncio.Queue()
+        # The first receive starts only now, so no message can arrive before the inbox exists.
+        stream.call.start_server_batch((self._cygrpc.ReceiveMessageOperation(0),), _StreamTag(stream, True))
+        task = self._loop.create_task(self._run_stream(stream))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+
+    async def _run_stream(self, stream: _Stream) -> None:
+        handler = stream.handler
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        context = Context(stream)
+
+        async def requests():
+            while True:
+                item = await stream.inbox.get()
+                if item is _END_OF_STREAM:
+                    return
+                yield deserialize(item) if deserialize else item
+
+        code, details = self._ok, ""
+        try:
+            responses = handler.stream_stream(requests(), context)
+            async for response in responses:
+                if not await self._write(stream, serialize(response) if serialize else response):
+                    return  # the client is gone: nobody to send a status to
+        except AbortRpc as exc:
+            code, details = _status_number(exc.code), exc.details
+        except asyncio.CancelledError:
+            code, details = self._cygrpc.StatusCode.unavailable, "the server stopped before the stream ended"
+        except Exception as exc:
+            _LOGGER.error("unexpected %s in a gRPC stream handler", type(exc).__name__, exc_info=exc)
+            code, details = self._cygrpc.StatusCode.unknown, f"Unexpected {type(exc).__name__}: {exc}"
+        ops = (self._op_status(context.trailing_metadata, code, details, 0), self._op_close(0))
+        if not stream.metadata_sent:
+            ops = (self._op_initial((), 0), *ops)
+        try:
+            stream.call.start_server_batch(ops, None)
+        except Exception:
+            _LOGGER.debug("could not end a gRPC stream", exc_info=True)
+
+    async def _write(self, stream: _Stream, body: bytes) -> bool:
+        stream.write_done = self._loop.create_future()
+        ops = (self._op_message(body, 0),)
+        if not stream.metadata_sent:
+            ops = (self._op_initial((), 0), *ops)
+            stream.metadata_sent = True
+        stream.call.start_server_batch(ops, _StreamTag(stream, False))
+        return await stream.write_done
+
+
+def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+
+def _feed(stream: _Stream, item: Any) -> None:
+    stream.inbox.put_nowait(item)
+
+
+def _resolve(future: asyncio.Future | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def _message_name(handler: grpc.RpcMethodHandler) -> str:
+    owner = getattr(handler.request_deserializer, "__self__", None)  # FromString is a bound classmethod
+    return getattr(owner, "__name__", "request")
 
 
 def _status_number(code: Any) -> int:
