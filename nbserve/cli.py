@@ -1,6 +1,7 @@
 """The ``nbserve`` command: one small function per subcommand.
 
     nbserve demo [--out PATH] [--frameworks python,torch,onnx,trees]
+    nbserve serve REPO [--host H] [--http-port P] [--grpc-port P] [--metrics-port P]
 
 Each subcommand has an ``_add_<name>(subparsers)`` that declares its arguments and a ``_<name>(args)``
 that runs it and returns the exit status. nbserve errors are printed as one line (they name the fix),
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nbserve {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(subparsers)
+    _add_serve(subparsers)
     return parser
 
 
@@ -68,6 +70,26 @@ def _demo(args: argparse.Namespace) -> int:
 
     frameworks = [n.strip() for n in args.frameworks.split(",") if n.strip()] if args.frameworks else None
     return run(args.out, frameworks=frameworks)
+
+
+# ----------------------------------------------------------------------------- serve
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from .serving.child import build_parser
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a Triton model repository (ours or hand-written) over KServe v2 HTTP and gRPC",
+        description="Serve a Triton model repository with nbserve's server: Triton's dynamic batching, "
+        "KServe v2 over HTTP and gRPC, Prometheus metrics. Stops on SIGTERM/Ctrl-C after draining.",
+    )
+    build_parser(parser)
+    parser.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.child import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

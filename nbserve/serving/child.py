@@ -182,6 +182,8 @@ class SubprocessServer(_Addresses):
                 process.wait(5)
         if self._reader is not None:
             self._reader.join(5)
+        if process is not None and process.stdout is not None:
+            process.stdout.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
