@@ -109,7 +109,7 @@ def _fix_int64(descriptor: Descriptor, value: dict[str, Any]) -> None:
                 elif value_field.cpp_type in _INT64_TYPES:
                     for key in item:
                         item[key] = int(item[key])
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
+            elif _is_repeated(field):
                 for entry in item:
                     _fix_int64(message, entry)
             else:
@@ -119,6 +119,12 @@ def _fix_int64(descriptor: Descriptor, value: dict[str, Any]) -> None:
 
 
 _INT64_TYPES = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf >= 5.28 deprecates ``label`` in favour of ``is_repeated``.
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def config_to_json(config: Any) -> dict[str, Any]:

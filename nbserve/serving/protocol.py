@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -127,29 +128,65 @@ def _output_dtype_name(array: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- requests
-@dataclasses.dataclass(slots=True)
 class InferRequest:
-    """A decoded inference request: what the HTTP frontend passes to ``InferenceCore.infer``."""
+    """A decoded inference request: what the HTTP frontend passes to ``InferenceCore.infer``.
 
-    inputs: dict[str, np.ndarray]
-    id: str = ""
-    #: names of the requested outputs, in request order; None asks for all of them
-    outputs: list[str] | None = None
-    #: per requested output: True for binary, False for JSON (Triton's default for a listed output)
-    binary_outputs: dict[str, bool] = dataclasses.field(default_factory=dict)
-    #: per requested output: top-k classification count (Triton's classification extension)
-    classification: dict[str, int] = dataclasses.field(default_factory=dict)
-    #: the format of outputs that the request does not list: ``parameters.binary_data_output``
-    binary_data_output: bool = False
-    priority: int = 0
-    timeout_us: int = 0
-    #: every other request parameter (sequence_id, sequence_start, sequence_end, custom ones)
-    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    Attributes:
+        inputs: NumPy arrays by input name (BYTES: object arrays of bytes).
+        id: the request id, echoed in the response.
+        outputs: names of the requested outputs, in request order; None asks for all of them.
+        binary_outputs: per requested output, True for binary data, False for JSON (a listed
+            output without ``parameters.binary_data`` is JSON, as in Triton).
+        classification: per requested output, the top-k count of Triton's classification extension.
+        binary_data_output: the format of outputs the request does not list.
+        priority, timeout_us: Triton's ``priority`` and ``timeout`` request parameters.
+        parameters: every other request parameter (sequence_id, sequence_start, custom ones).
+    """
+
+    __slots__ = ("inputs", "id", "outputs", "binary_outputs", "classification", "binary_data_output",
+                 "priority", "timeout_us", "parameters")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        id: str = "",
+        outputs: list[str] | None = None,
+        binary_outputs: dict[str, bool] | None = None,
+        classification: dict[str, int] | None = None,
+        binary_data_output: bool = False,
+        priority: int = 0,
+        timeout_us: int = 0,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        self.inputs = inputs
+        self.id = id
+        self.outputs = outputs
+        # Empty option dicts are shared and never mutated: decoding builds new ones when needed.
+        self.binary_outputs = binary_outputs if binary_outputs is not None else _NO_OPTIONS
+        self.classification = classification if classification is not None else _NO_OPTIONS
+        self.binary_data_output = binary_data_output
+        self.priority = priority
+        self.timeout_us = timeout_us
+        self.parameters = parameters if parameters is not None else _NO_OPTIONS
 
     def wants_binary(self, name: str) -> bool:
         """True when output ``name`` goes back as binary tensor data."""
         flag = self.binary_outputs.get(name)
         return self.binary_data_output if flag is None else flag
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"InferRequest({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InferRequest) and all(
+            getattr(self, k) is getattr(other, k) or getattr(self, k) == getattr(other, k)
+            for k in self.__slots__ if k != "inputs"
+        ) and self.inputs.keys() == other.inputs.keys()
+
+
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+_JSON_ONLY = InferRequest({})
 
 
 def parse_header_length(value: str | None, body_length: int, *, model: str | None = None) -> int | None:
@@ -188,8 +225,7 @@ def decode_request(
     Raises:
         InvalidInput: malformed JSON, unknown datatype, shape/data mismatch, wrong binary sizes.
     """
-    view = memoryview(body)
-    size = len(view)
+    size = len(body)
     has_header = header_length is not None
     if header_length is None:
         header_length = size
@@ -199,8 +235,9 @@ def decode_request(
             model=model,
             hint="send the JSON inference header first and put its byte length in " + HEADER_LENGTH,
         )
+    view = memoryview(body)
     try:
-        header = _loads(view[:header_length])
+        header = _loads(view[:header_length] if header_length != size else body)
     except ValueError as exc:
         hint = (
             f"send the JSON inference request as the body; when binary tensors follow the JSON, set the "
@@ -209,7 +246,7 @@ def decode_request(
             else f"{HEADER_LENGTH} is {header_length}: it must be exactly the JSON header's byte length"
         )
         raise InvalidInput(f"the request body is not valid JSON ({exc})", model=model, hint=hint) from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise InvalidInput(
             "the inference request must be a JSON object",
             model=model,
@@ -218,18 +255,8 @@ def decode_request(
             hint='send {"inputs": [{"name": ..., "datatype": ..., "shape": [...], "data": [...]}]}',
         )
 
-    request = InferRequest(inputs={})
-    request_id = header.get("id")
-    if request_id is not None:
-        if not isinstance(request_id, str):
-            raise InvalidInput("'id' must be a string", model=model, got=repr(request_id), hint='send "id": "42"')
-        request.id = request_id
-    parameters = header.get("parameters")
-    if parameters:
-        _read_parameters(parameters, request, model)
-
     specs = header.get("inputs")
-    if not isinstance(specs, list):
+    if type(specs) is not list:
         raise InvalidInput(
             "the request has no 'inputs' list",
             model=model,
@@ -238,8 +265,29 @@ def decode_request(
             hint="add the model's inputs to the request",
         )
     offset = header_length
-    inputs = request.inputs
+    inputs: dict[str, np.ndarray] = {}
     for spec in specs:
+        # Fast path: a well-formed binary input of a fixed-size type (what perf_analyzer and
+        # tritonclient send by default). Anything else, and every error, takes _read_input.
+        if type(spec) is dict and has_header and "data" not in spec:
+            name = spec.get("name")
+            dtype = _WIRE.get(spec.get("datatype"))  # type: ignore[arg-type]
+            shape = spec.get("shape")
+            params = spec.get("parameters")
+            if dtype is not None and type(name) is str and type(shape) is list and type(params) is dict \
+                    and len(params) == 1 and name not in inputs:
+                nbytes = params.get("binary_data_size")
+                count = 1
+                for d in shape:
+                    if type(d) is not int or d < 0:
+                        count = -1
+                        break
+                    count *= d
+                if type(nbytes) is int and count >= 0 and nbytes == count * dtype.itemsize \
+                        and offset + nbytes <= size and name:
+                    inputs[name] = np.frombuffer(body, dtype, count, offset).reshape(shape)
+                    offset += nbytes
+                    continue
         name, array, offset = _read_input(spec, view, offset, has_header, model)
         if name in inputs:
             raise InvalidInput(
@@ -255,9 +303,19 @@ def decode_request(
             hint=f"check each input's binary_data_size and the {HEADER_LENGTH} header",
         )
 
-    outputs = header.get("outputs")
-    if outputs is not None:
-        _read_outputs(outputs, request, model)
+    request = InferRequest(inputs)
+    if len(header) > 1:
+        request_id = header.get("id")
+        if request_id is not None:
+            if type(request_id) is not str:
+                raise InvalidInput("'id' must be a string", model=model, got=repr(request_id), hint='send "id": "42"')
+            request.id = request_id
+        parameters = header.get("parameters")
+        if parameters:
+            _read_parameters(parameters, request, model)
+        outputs = header.get("outputs")
+        if outputs is not None:
+            _read_outputs(outputs, request, model)
     return request
 
 
@@ -280,6 +338,8 @@ def _read_parameters(parameters: Any, request: InferRequest, model: str | None) 
                 hint="rename the parameter",
             )
         elif isinstance(value, (str, int, float, bool)):
+            if request.parameters is _NO_OPTIONS:
+                request.parameters = {}
             request.parameters[key] = value
         else:
             raise InvalidInput(
@@ -492,37 +552,44 @@ def _read_outputs(outputs: Any, request: InferRequest, model: str | None) -> Non
             "'outputs' must be a list", model=model, expected='[{"name": ...}]', got=type(outputs).__name__
         )
     names: list[str] = []
+    binary_outputs: dict[str, bool] = {}
+    classification: dict[str, int] = {}
     for spec in outputs:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if not isinstance(name, str) or not name:
+        name = spec.get("name") if type(spec) is dict else None
+        if type(name) is not str or not name:
             raise InvalidInput(
                 "each requested output needs a 'name'",
                 model=model,
                 got=repr(spec)[:80],
                 hint='send "outputs": [{"name": "<output>"}], or leave "outputs" out for all of them',
             )
-        if name in request.binary_outputs:
+        if name in binary_outputs:
             raise InvalidInput("output is requested twice", model=model, tensor=name, hint="request it once")
-        params = spec.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise InvalidInput("output 'parameters' must be a JSON object", model=model, tensor=name)
-        if "shared_memory_region" in params:
-            raise InvalidInput(
-                "shared-memory outputs are not supported by this server",
-                model=model,
-                tensor=name,
-                hint="leave out set_shared_memory; the output comes back in the response body",
-            )
-        binary = params.get("binary_data", False)
-        if not isinstance(binary, bool):
-            raise InvalidInput("parameters.binary_data must be true or false", model=model, tensor=name,
-                               got=repr(binary))
-        request.binary_outputs[name] = binary
-        classes = params.get("classification")
-        if classes is not None:
-            request.classification[name] = _uint_parameter("classification", classes, model, "the top-k count")
+        params = spec.get("parameters")
+        binary = False
+        if params:
+            if type(params) is not dict:
+                raise InvalidInput("output 'parameters' must be a JSON object", model=model, tensor=name)
+            if "shared_memory_region" in params:
+                raise InvalidInput(
+                    "shared-memory outputs are not supported by this server",
+                    model=model,
+                    tensor=name,
+                    hint="leave out set_shared_memory; the output comes back in the response body",
+                )
+            binary = params.get("binary_data", False)
+            if type(binary) is not bool:
+                raise InvalidInput("parameters.binary_data must be true or false", model=model, tensor=name,
+                                   got=repr(binary))
+            classes = params.get("classification")
+            if classes is not None:
+                classification[name] = _uint_parameter("classification", classes, model, "the top-k count")
+        binary_outputs[name] = binary
         names.append(name)
     request.outputs = names
+    request.binary_outputs = binary_outputs
+    if classification:
+        request.classification = classification
 
 
 # ----------------------------------------------------------------------------- responses
@@ -549,35 +616,43 @@ def encode_response(
     """
     outputs_json = []
     buffers: list[Any] = []
-    classification = request.classification if request is not None else None
+    if request is None:
+        request = _JSON_ONLY
+    classification = request.classification
+    binary_outputs = request.binary_outputs
+    binary_default = request.binary_data_output
     for name, value in result.outputs.items():
         array = value if type(value) is np.ndarray else to_numpy(value)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
+        datatype = _BY_DTYPE.get(array.dtype)
+        if datatype is None:  # BYTES, big-endian, or a type not seen yet
+            if array.dtype.byteorder == ">":
+                array = array.astype(array.dtype.newbyteorder("<"))
+            datatype = _output_dtype_name(array)
         if classification and name in classification:
             array = _classify(array, classification[name], batched, labels.get(name) if labels else None, name)
-        datatype = _output_dtype_name(array)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if request is not None and request.wants_binary(name):
+            datatype = "BYTES"
+        binary = binary_outputs.get(name)
+        if binary if binary is not None else binary_default:
             if datatype == "BYTES":
                 raw: Any = serialize_bytes(array)
                 nbytes = len(raw)
             else:
-                array = np.ascontiguousarray(array)
                 nbytes = array.nbytes
-                raw = array.reshape(-1).view(np.uint8).data
-            entry["parameters"] = {"binary_data_size": nbytes}
+                # Small tensors: one C-level copy; large ones: a view, copied once by the join.
+                raw = array.tobytes() if nbytes <= 65536 else np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
             if nbytes:
                 buffers.append(raw)
+            outputs_json.append({"name": name, "datatype": datatype, "shape": list(array.shape),
+                                 "parameters": {"binary_data_size": nbytes}})
         else:
-            entry["data"] = _json_data(array, datatype, name)
-        outputs_json.append(entry)
+            outputs_json.append({"name": name, "datatype": datatype, "shape": list(array.shape),
+                                 "data": _json_data(array, datatype, name)})
 
-    response: dict[str, Any] = {}
     if result.id:
-        response["id"] = result.id
-    response["model_name"] = result.model_name
-    response["model_version"] = str(result.model_version)
+        response: dict[str, Any] = {"id": result.id, "model_name": result.model_name,
+                                    "model_version": str(result.model_version)}
+    else:
+        response = {"model_name": result.model_name, "model_version": str(result.model_version)}
     if result.parameters:
         response["parameters"] = result.parameters
     response["outputs"] = outputs_json

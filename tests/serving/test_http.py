@@ -8,12 +8,15 @@ go over a raw socket. After every error the server must keep serving.
 from __future__ import annotations
 
 import asyncio
+import csv
 import gzip
 import json
+import subprocess
+import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -25,7 +28,9 @@ import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 import nbserve
+from nbserve import _tritonserver
 from nbserve.registry import Registry
+from nbserve.repository import write_repository
 from nbserve.serving.http import config_to_json
 from nbserve.serving.protocol import HEADER_LENGTH
 from nbserve.tensors import DTYPES, TensorSpec
@@ -642,3 +647,116 @@ def test_endpoint_closes_its_port(gate):
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
     reg.clear()
+
+
+# ----------------------------------------------------------------------------- against the real Triton
+_triton_reason = _tritonserver.unavailable_reason()
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """The same model behind nbserve and behind the real tritonserver (nbserve's own export)."""
+    if _triton_reason is not None:
+        pytest.skip(f"real tritonserver unavailable: {_triton_reason}")
+    reg = Registry()
+    reg.register(lambda x: x * 2, name="twin", inputs=[TensorSpec("x", [4], "FP32")],
+                 outputs=[TensorSpec("y", [4], "FP32")], max_batch_size=8,
+                 dynamic_batching={"max_queue_delay_microseconds": 100})
+    repository = write_repository(tmp_path_factory.mktemp("twins") / "repo", reg)
+    ours = nbserve.Server(reg, grpc=False, metrics=False).start()
+    try:
+        with _tritonserver.TritonServer(repository) as triton:
+            yield ours, triton
+    finally:
+        ours.stop()
+        reg.clear()
+
+
+def _get(address: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(f"http://{address}{path}", data=body, headers=headers or {},
+                                     method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _same_types(ours: Any, theirs: Any, path: str = "") -> None:
+    """Every key both servers return has the same JSON type (numbers stay numbers, lists stay lists)."""
+    assert type(ours) is type(theirs), (path, ours, theirs)
+    if isinstance(ours, dict):
+        for key in ours.keys() & theirs.keys():
+            _same_types(ours[key], theirs[key], f"{path}.{key}")
+    elif isinstance(ours, list):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            _same_types(a, b, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("path", ["/v2/models/twin", "/v2/models/twin/versions/1"])
+@pytest.mark.triton
+@pytest.mark.slow
+def test_metadata_identical_to_triton(twins, path):
+    ours, triton = twins
+    assert orjson.loads(_get(ours.http_address, path)[2]) == orjson.loads(_get(triton.http_address, path)[2])
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_config_and_statistics_have_triton_types(twins):
+    ours, triton = twins
+    for path in ("/v2/models/twin/config", "/v2/models/twin/stats", "/v2/models/stats"):
+        mine, theirs = (orjson.loads(_get(s.http_address, path)[2]) for s in (ours, triton))
+        _same_types(mine, theirs, path)
+        if path.endswith("config"):  # Triton adds autofilled fields; everything we send it sends too
+            assert set(mine) <= set(theirs), set(mine) - set(theirs)
+            for key in ("name", "max_batch_size", "input", "output", "backend"):
+                assert mine[key] == theirs[key], key
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.triton
+@pytest.mark.slow
+def test_infer_responses_are_byte_identical_to_triton(twins, binary):
+    ours, triton = twins
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(
+        [infer_input("x", x, "FP32", binary)], request_id="same",
+        outputs=[httpclient.InferRequestedOutput("y", binary_data=binary)])
+    headers = {HEADER_LENGTH: str(header_length)} if header_length is not None else {}
+    (status_a, headers_a, a), (status_b, headers_b, b) = (
+        _get(s.http_address, "/v2/models/twin/infer", body, headers) for s in (ours, triton))
+    assert status_a == status_b == 200 and a == b
+    for name in ("Content-Type", HEADER_LENGTH):
+        assert headers_a.get(name) == headers_b.get(name)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_errors_have_triton_shape(twins):
+    ours, triton = twins
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    for path, payload in (("/v2/models/nope", None), ("/v2/models/twin/infer", body)):
+        (status_a, _, a), (status_b, _, b) = (_get(s.http_address, path, payload) for s in (ours, triton))
+        assert status_a == status_b and set(orjson.loads(a)) == set(orjson.loads(b)) == {"error"}
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_perf_analyzer_measures_nbserve_unchanged(twins):
+    path = _tritonserver.perf_analyzer_path(fetch=False)
+    if path is None:
+        pytest.skip(f"perf_analyzer unavailable: {_tritonserver.perf_analyzer_unavailable_reason()}")
+    ours, _ = twins
+    out = Path(tempfile.mkdtemp()) / "pa.csv"
+    done = subprocess.run(
+        [str(path), "-m", "twin", "-u", ours.http_address, "-i", "http", "--concurrency-range", "4:4",
+         "--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "3", "-f", str(out)],
+        env=_tritonserver.perf_analyzer_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(out) as f:
+        row = next(csv.DictReader(f))
+    assert float(row["Inferences/Second"]) > 0
+    # perf_analyzer read the server-side statistics extension for its breakdown.
+    assert "Server:" in done.stdout and "Inference count" in done.stdout
