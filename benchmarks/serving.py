@@ -15,6 +15,10 @@ max_batch_size 64 and dynamic batching (max_queue_delay_microseconds 100):
   measured back to back at each point, alternating which goes first, so machine noise hits both;
 * readiness (in-kernel server, subprocess server, Triton) and the RSS of each server's process tree.
 
+BLAS runs single-threaded in every process (``--blas-threads 1``, the default; ``0`` keeps the library's
+choice): OpenBLAS switches to multithreaded GEMM at about batch 64, which on a busy 2-core machine stalls
+a batch for tens of milliseconds, in nbserve and Triton alike, and would make the comparison a lottery.
+
 Every figure is also printed as a ratio to Triton's in the same run, because these machines are noisy.
 Results go to benchmarks/results/serving-<date>.json as well.
 """
@@ -37,7 +41,25 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+
+def _blas_threads(argv: list[str]) -> str:
+    """``--blas-threads N`` from the command line (default 1), read before NumPy is imported."""
+    for i, arg in enumerate(argv):
+        if arg == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--blas-threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+# BLAS libraries read these once, when they load. Servers started below inherit them (tritonserver's
+# Python stub and nbserve's subprocess server alike), so every server runs the model the same way.
+BLAS_THREADS = _blas_threads(sys.argv[1:])
+if BLAS_THREADS != "0":
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = BLAS_THREADS
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
@@ -309,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the subprocess server over the network (it is always started for "
                         "its readiness time and memory)")
     parser.add_argument("--no-triton", action="store_true", help="skip the real tritonserver")
+    parser.add_argument("--blas-threads", default="1",
+                        help="OPENBLAS/OMP/MKL_NUM_THREADS for this process and every server (default 1; 0 leaves "
+                        "the library default, whose multithreaded GEMM at batch 64 stalls for tens of ms on a "
+                        "busy 2-core machine)")
     parser.add_argument("--out", default=str(HERE / "results"), help="directory for the JSON results")
     args = parser.parse_args(argv)
     run_started = time.perf_counter()
@@ -322,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "serving", "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick, "settings": settings, "machine": common.machine(), "nbserve_commit": _git_commit(),
         "model": "MLP 64->256->16 float32 ReLU, seed 0; max_batch_size 64, dynamic_batching max_queue_delay 100 us",
-        "notes": [],
+        "notes": [], "blas_threads": BLAS_THREADS if BLAS_THREADS != "0" else "library default",
     }
     class Rows(list):
         """Prints each row as it is measured, so a crash of the in-kernel server still shows what came before."""
@@ -430,8 +456,14 @@ def main(argv: list[str] | None = None) -> int:
                     if name in targets:
                         progress(f"{name} {protocol}, concurrency {level}")
                         rows.append(targets[name].measure(protocol, level, client, settings))
+                if triton is not None and "triton" in targets and not triton.is_running:
+                    code = triton.returncode
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    note(f"tritonserver stopped during the run ({how}); its log ends: "
+                         + " | ".join(triton.log.strip().splitlines()[-8:]))
+                    del targets["triton"]
         memory["nbserve_thread_after_load"] = common.rss_bytes([os.getpid()])
-        if triton is not None:
+        if triton is not None and triton.is_running:
             memory["triton_after_load"] = common.rss_bytes(common.process_tree(triton.pid))
         server.stop()
         server = None
@@ -462,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             note("subprocess mode not measured: it needs the HTTP and gRPC frontends")
 
-        if triton is not None and not args.quick:
+        if triton is not None and triton.is_running and not args.quick:
             progress("does nbserve's own export of the MLP load in tritonserver?")
             report["export_in_triton"] = export_check(registry, workdir)
     finally:
@@ -480,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     report["duration_s"] = round(time.perf_counter() - run_started, 1)
 
     print()
-    print(f"MLP 64->256->16, max_batch_size 64, max_queue_delay 100 us; client for http/grpc: {report['client']}")
+    print(f"MLP 64->256->16, max_batch_size 64, max_queue_delay 100 us; client for http/grpc: {report['client']}; "
+          f"BLAS threads: {report['blas_threads']}")
     print(f"machine: {report['machine'].get('cpu', '?')}, {report['machine']['cpus']} CPUs, "
           f"load {report['machine']['loadavg'][0]:.1f} at start / {report['machine']['loadavg_end'][0]:.1f} at end")
     report["table"] = print_table(report["rows"])

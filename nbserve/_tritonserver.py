@@ -395,6 +395,11 @@ class TritonServer:
         return "".join(self._log)
 
     @property
+    def returncode(self) -> int | None:
+        """Its exit status once it has exited (negative: the signal that ended it), else None."""
+        return self._process.poll() if self._process is not None else None
+
+    @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
