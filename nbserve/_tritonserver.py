@@ -182,7 +182,7 @@ def _prepare_stub_env() -> Path:
         site = Path(subprocess.run(
             [str(staging / "bin" / "python3"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             check=True, capture_output=True, text=True, timeout=60).stdout.strip())
-        done = _pip("install", "--quiet", "--no-deps", "--target", str(site), "numpy<2")
+        done = _pip("install", "--quiet", "--no-deps", "--only-binary=:all:", "--target", str(site), "numpy<2")
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "pip failed")
         (site / "zz_nbserve_parent_env.pth").write_text("\n".join(_site_dirs()) + "\n")
@@ -268,7 +268,11 @@ def _server_env(stub_env: Path) -> dict[str, str]:
 
 
 def available() -> bool:
-    """Whether the real tritonserver can run here (prepares the cached copy on first call)."""
+    """Whether the real tritonserver can run here.
+
+    The first call in a process prepares the cached server copy (about a second) and, when this
+    environment has NumPy 2, the stub's NumPy < 2 environment (one ``pip install``, once per user).
+    """
     return unavailable_reason() is None
 
 
