@@ -320,6 +320,17 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def _is_stub_of(pid: int, repository: Path) -> bool:
+    """Whether ``pid`` is still a Python-backend stub serving a model of ``repository`` (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return (len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub")
+            and argv[1].startswith(os.fsencode(repository) + b"/"))
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: Linux sends it SIGTERM when the thread that started it dies.
 
@@ -374,6 +385,7 @@ class TritonServer:
         self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._stubs: set[int] = set()
         self.ready_s: float | None = None
 
     # --------------------------------------------------------------------- addresses
@@ -452,6 +464,7 @@ class TritonServer:
             self._reader.start()
             if self._wait_ready(started + timeout_s):
                 self.ready_s = time.perf_counter() - started
+                self._stubs.update(_children(self._process.pid))
                 return self
             exited = self._process.poll() is not None
             busy = "already in use" in self.log or "Address in use" in self.log
@@ -504,17 +517,20 @@ class TritonServer:
         if process is None:
             return
         if process.poll() is None:
-            stubs = _children(process.pid)
+            self._stubs.update(_children(process.pid))
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
-            # Stubs exit with the server; after a SIGKILL they may be left, so end the ones it started.
-            for pid in stubs:
+        # A server that exits cleanly ends its stubs; one that was killed or crashed leaves them
+        # running (re-parented to init), so end the ones it started, checking each pid still is one.
+        for pid in sorted(self._stubs):
+            if _is_stub_of(pid, self.repository):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+        self._stubs.clear()
         if self._reader is not None:
             self._reader.join(5)
 

@@ -8,8 +8,7 @@ and nbserve's own export of a registered callable loading unchanged in tritonser
 from __future__ import annotations
 
 import os
-import textwrap
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +199,19 @@ def test_perf_analyzer_is_found_or_explained():
         assert path.exists() and os.access(path, os.X_OK)
     else:
         assert reason
+
+
+def test_stop_ends_the_stubs_of_a_server_that_was_killed(tmp_path):
+    import signal
+
+    server = _tritonserver.TritonServer(write_double(tmp_path))
+    server.start()
+    stubs = _tritonserver.process_tree(server.pid)[1:]
+    assert stubs
+    os.kill(server.pid, signal.SIGKILL)  # as if it crashed: its stubs are re-parented, not ended
+    deadline = time.monotonic() + 10
+    while server.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling its exit status with a deadline
+    server.stop()
+    assert server.returncode == -signal.SIGKILL
+    assert not any(_alive(pid) for pid in stubs)
