@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +130,9 @@ def test_hot_swap_under_64_way_load_fails_nothing(registry, core):
     thread = threading.Thread(target=load)
     thread.start()
     try:
+        deadline = time.monotonic() + 30
+        while not versions_seen and time.monotonic() < deadline:
+            time.sleep(0.01)  # the load must reach version 1 before the swaps start
         for version in range(2, 7):
             registry.register(lambda x, k=version: x * k, name="double", example=np.ones((2, 3), "float32"))
             deadline = threading.Event()
