@@ -273,7 +273,10 @@ class _Routes:
         match = request.match_info
         model = match["model"]
         try:
-            body = await self._read(request, model)
+            # One copy into a bytearray makes the binary inputs writable views: models may change
+            # their inputs in place (as in Triton's Python backend), and a request batched with
+            # others (a new array) or run alone (a view of the body) must behave the same.
+            body = bytearray(await self._read(request, model))
             header = request.headers.get(HEADER_LENGTH)
             header_length = None if header is None else parse_header_length(header, len(body), model=model)
             decoded = decode_request(body, header_length, model=model)

@@ -220,7 +220,8 @@ def decode_request(
         model: the model name, used in error messages.
 
     Returns:
-        An :class:`InferRequest`. Binary inputs are zero-copy, read-only views of ``body``.
+        An :class:`InferRequest`. Binary inputs are zero-copy views of ``body`` (writable when
+        ``body`` is a bytearray, read-only for bytes).
 
     Raises:
         InvalidInput: malformed JSON, unknown datatype, shape/data mismatch, wrong binary sizes.

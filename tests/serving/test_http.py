@@ -60,6 +60,11 @@ class Gate:
         return x
 
 
+def _in_place(x):
+    x *= 10  # models may change their inputs in place, as in Triton's Python backend
+    return x
+
+
 def _multi(x):
     rows = x.shape[0]
     return {
@@ -89,6 +94,8 @@ def build_registry(gate: Gate) -> Registry:
                  })
     reg.register(lambda x: x + 1, name="swap", inputs=[spec("x", [1], "FP32")], outputs=[spec("y", [1], "FP32")],
                  max_batch_size=4, dynamic_batching={"max_queue_delay_microseconds": 10})
+    reg.register(_in_place, name="in_place", inputs=[spec("x", [2], "FP32")], outputs=[spec("y", [2], "FP32")],
+                 max_batch_size=8)
     reg.register(lambda x: x.sum().reshape(1), name="unbatched", inputs=[spec("x", [2, 2], "INT32")],
                  outputs=[spec("y", [1], "INT32")], max_batch_size=0)
     return reg
@@ -314,6 +321,13 @@ def test_classification_extension(client):
     result = client.infer("multi", [infer_input("x", x, "FP32")],
                           outputs=[httpclient.InferRequestedOutput("scores", class_count=2)])
     assert result.as_numpy("scores").tolist() == [[b"0.700000:1", b"0.200000:2"], [b"3.000000:0", b"2.000000:2"]]
+
+
+def test_models_may_change_their_inputs_in_place(client):
+    for binary in (True, False):
+        x = np.ones((1, 2), np.float32)
+        result = client.infer("in_place", [infer_input("x", x, "FP32", binary)])
+        assert result.as_numpy("y").tolist() == [[10.0, 10.0]]
 
 
 def test_unbatched_model_and_explicit_version(client):

@@ -191,6 +191,10 @@ def test_binary_inputs_are_zero_copy_views():
     got = decode_request(body, header_length).inputs["x"]
     assert got.base is not None and not got.flags.writeable
     np.testing.assert_array_equal(got, x)
+    writable = bytearray(body)
+    got = decode_request(writable, header_length).inputs["x"]
+    got[0] = -1  # a view: writes land in the body
+    assert np.frombuffer(writable, np.float32, 1, header_length)[0] == -1
 
 
 # ----------------------------------------------------------------------------- response details
