@@ -167,6 +167,8 @@ class DynamicBatcher:
         self._queues: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._delayed: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._queued = 0
+        self._queued_rows = 0
+        self._window_waiters = 0  # instance threads sleeping on an open batch window
         # Cancelled requests leave the queue without running; they still pass through _finish so
         # that preserve_ordering's reorder buffer never waits for their ticket.
         self._dropped: list[tuple[Pending, Any, BaseException | None]] = []
@@ -212,7 +214,13 @@ class DynamicBatcher:
                 self._has_deadlines = True
             queue.append(pending)
             self._queued += 1
-            self._cond.notify()
+            self._queued_rows += pending.rows
+            # Wake an instance only when this arrival can change its decision: a thread idle on an
+            # empty queue, or a window that may now be full. Waking a window sleeper on every
+            # arrival would make it rescan the queue and fight the caller for the GIL each time;
+            # it wakes by itself when the window ends.
+            if self._window_waiters == 0 or self._queued_rows >= self.target_rows:
+                self._cond.notify()
 
     @property
     def queue_depth(self) -> int:
@@ -274,7 +282,11 @@ class DynamicBatcher:
                     return self._take(self._cut_preferred(candidate)), expired
                 wait_ns = window_end - now
                 deadline = self._seconds_to_next_deadline(now)
-                self._cond.wait(min(wait_ns / 1e9, deadline) if deadline is not None else wait_ns / 1e9)
+                self._window_waiters += 1
+                try:
+                    self._cond.wait(min(wait_ns / 1e9, deadline) if deadline is not None else wait_ns / 1e9)
+                finally:
+                    self._window_waiters -= 1
 
     def _candidate(self) -> tuple[list[Pending], int, bool]:
         """The batch the head of the queues would make now, its rows, and whether it could grow."""
@@ -284,8 +296,10 @@ class DynamicBatcher:
         for level in range(self.levels):
             for queue in (self._queues[level], self._delayed[level]):
                 while queue and queue[0].cancelled():
-                    self._dropped.append((queue.popleft(), None, None))
+                    dropped = queue.popleft()
+                    self._dropped.append((dropped, None, None))
                     self._queued -= 1
+                    self._queued_rows -= dropped.rows
                 for pending in queue:
                     if pending.cancelled():
                         continue
@@ -325,6 +339,7 @@ class DynamicBatcher:
                         else:
                             kept.append(p)
                     self._queued -= len(queue) - len(kept)
+                    self._queued_rows -= sum(p.rows for p in queue) - sum(p.rows for p in kept)
                     queue.clear()
                     queue.extend(kept)
         return batch
@@ -343,6 +358,7 @@ class DynamicBatcher:
                         self._delayed[level].append(pending)
                         continue
                     self._queued -= 1
+                    self._queued_rows -= pending.rows
                     waited_us = (now - pending.enqueue_ns) // 1000
                     expired.append((pending, None, ServerBusy(
                         "the request timed out in the queue",
@@ -376,6 +392,7 @@ class DynamicBatcher:
                             hint="send the request again",
                         )))
                 self._queued = 0
+                self._queued_rows = 0
             self._cond.notify_all()
         if rejected:
             self._finish(rejected)
