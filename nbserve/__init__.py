@@ -21,6 +21,7 @@ __all__ = [
     "get",
     "remove",
     "TensorSpec",
+    "Ensemble",
     "Registry",
     "default_registry",
     "write_repository",
@@ -34,6 +35,7 @@ __all__ = [
 # public name -> (module, attribute)
 _LAZY = {
     "TensorSpec": ("nbserve.tensors", "TensorSpec"),
+    "Ensemble": ("nbserve.ensemble", "Ensemble"),
     "Registry": ("nbserve.registry", "Registry"),
     "default_registry": ("nbserve.registry", "default_registry"),
     "write_repository": ("nbserve.repository", "write_repository"),

@@ -18,6 +18,7 @@ from .backends import backend, backend_for
 from .backends.base import Adapted
 from .config import ModelConfig, build_config, check_max_batch_size, render, validate_name
 from .config import input_specs, output_specs, with_reshapes
+from .ensemble import Ensemble, version_entry as ensemble_entry
 from .errors import ConfigError, InferenceError, ModelNotFound
 from .requests import check_inputs
 from .tensors import TensorSpec
@@ -209,7 +210,7 @@ class Registry:
 
         Args:
             obj: a Python callable, torch module, ONNX model/path, tree model, (tokenizer, model) pair,
-                or TensorRT engine.
+                TensorRT engine, or an :class:`~nbserve.ensemble.Ensemble` of registered models.
             name: the model name; defaults to the object's ``__name__`` / class name.
             version: a version number; defaults to the next one (re-registering adds a version).
             inputs, outputs: TensorSpecs when they cannot be inferred (or to rename/relax dims).
@@ -233,6 +234,11 @@ class Registry:
         [[2.0, 2.0, 2.0]]
         """
         name = validate_name(name if name is not None else _default_name(obj))
+        if isinstance(obj, Ensemble):
+            given = {k: v for k, v in dict(inputs=inputs, outputs=outputs, example=example, framework=framework).items()
+                     if v is not None}
+            return self.add(ensemble_entry(obj, self, name=name, version=self._version_for(name, version),
+                                           options={**given, **options}))
         module = backend_for(obj, framework, model=name)
         config_options = {k: options.pop(k) for k in list(options) if k in _CONFIG_KEYS}
         max_batch_size = config_options.pop("max_batch_size", None)
@@ -260,13 +266,7 @@ class Registry:
                 hint="check the spelling; Triton's names are used (max_queue_delay_microseconds, ...)",
             )
         config = _config_for(name, adapted, config_options)
-        with self._lock:
-            model = self._models.get(name)
-            if version is None:
-                version = max(model.versions) + 1 if model and model.versions else 1
-            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-                raise ConfigError("version must be an integer >= 1", model=name, got=repr(version),
-                                  hint="leave version out to add the next version, or pass version=1 or higher")
+        version = self._version_for(name, version)
         entry = ModelVersion(
             name=name,
             version=version,
@@ -280,6 +280,17 @@ class Registry:
             close=adapted.close,
         )
         return self.add(entry)
+
+    def _version_for(self, name: str, version: int | None) -> int:
+        """The version a registration gets: the one asked for, or the next one."""
+        with self._lock:
+            model = self._models.get(name)
+            if version is None:
+                version = max(model.versions) + 1 if model and model.versions else 1
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError("version must be an integer >= 1", model=name, got=repr(version),
+                              hint="leave version out to add the next version, or pass version=1 or higher")
+        return version
 
     def add(self, entry: ModelVersion) -> RegisteredModel:
         """Store a ready ModelVersion (used by register and by the repository reader)."""

@@ -22,6 +22,7 @@ PUBLIC_API = [
     "get",
     "remove",
     "TensorSpec",
+    "Ensemble",
     "Registry",
     "default_registry",
     "write_repository",

@@ -26,9 +26,10 @@ from ..repository import model_versions_to_load
 from ..requests import InputChecker
 from ..tensors import merge, triton_dtype
 from .batcher import Closed, DynamicBatcher, Pending
+from .ensemble_scheduler import EnsembleVersion, TimedFuture, Traced, start_traced
 from .stats import ModelStats
 
-__all__ = ["InferResult", "InferenceCore", "LoadedVersion"]
+__all__ = ["InferResult", "InferenceCore", "LoadedVersion", "EnsembleVersion", "Traced"]
 
 EXTENSIONS = [
     "classification",
@@ -89,6 +90,9 @@ class LoadedVersion:
             self.stats.record_failure(requests=len(batch), request_ns=sum(end - p.enqueue_ns for p in batch))
             return [(p, None, error) for p in batch]
         end = time.monotonic_ns()
+        for pending in batch:  # ensemble steps and traced requests want their own times
+            if isinstance(pending.waiter, TimedFuture):
+                pending.waiter.queue_ns, pending.waiter.compute_ns = start - pending.enqueue_ns, end - start
         self.stats.record_batch(
             requests=len(batch),
             rows=rows,
@@ -202,7 +206,7 @@ class InferenceCore:
             new_routes = {}
             for number, entry in wanted.items():
                 loaded = current.get(number)
-                new_routes[number] = loaded if loaded is not None and loaded.entry is entry else LoadedVersion(entry)
+                new_routes[number] = loaded if loaded is not None and loaded.entry is entry else self._load(entry)
             retired = [v for n, v in current.items() if new_routes.get(n) is not v]
             if new_routes:
                 self._routes[name] = new_routes
@@ -210,6 +214,12 @@ class InferenceCore:
                 self._routes.pop(name, None)
         for version in retired:
             self._retire(version)
+
+    def _load(self, entry: ModelVersion) -> LoadedVersion | EnsembleVersion:
+        # An ensemble's steps run through the core, each in its own model's batcher.
+        if entry.config.platform == "ensemble":
+            return EnsembleVersion(entry, self)
+        return LoadedVersion(entry)
 
     def _retire(self, version: LoadedVersion) -> None:
         # Drain in the background: the registering cell returns at once, queued requests still run.
@@ -321,8 +331,18 @@ class InferenceCore:
         timeout_us: int = 0,
         request_id: str = "",
         parameters: Mapping[str, Any] | None = None,
+        trace: bool = False,
     ) -> InferResult:
-        """Run one request through the model's batcher; awaits on the caller's event loop."""
+        """Run one request through the model's batcher; awaits on the caller's event loop.
+
+        With ``trace`` the outputs are a :class:`Traced` dict whose ``trace`` holds what every step
+        (of an ensemble; the model itself otherwise) read, wrote, waited and computed.
+        """
+        if trace:
+            future, served = start_traced(self, model, inputs, version=version, outputs=outputs, priority=priority,
+                                          timeout_us=timeout_us)
+            traced = await asyncio.wrap_future(future)
+            return InferResult(model, served(), traced, request_id)
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
         pending.waiter = asyncio.get_running_loop().create_future()
         loaded = self._submit(model, version, loaded, pending, timeout_us)
@@ -340,22 +360,30 @@ class InferenceCore:
         timeout_us: int = 0,
         request_id: str = "",
         timeout_s: float | None = None,
+        trace: bool = False,
     ) -> InferResult:
         """The same as :meth:`infer` for plain threads (no event loop involved)."""
+        if trace:
+            future, served = start_traced(self, model, inputs, version=version, outputs=outputs, priority=priority,
+                                          timeout_us=timeout_us)
+            return InferResult(model, served(), self._wait(future, model, timeout_s), request_id)
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
         pending.waiter = concurrent.futures.Future()
         loaded = self._submit(model, version, loaded, pending, timeout_us)
+        return InferResult(model, loaded.version, self._wait(pending.waiter, model, timeout_s), request_id)
+
+    @staticmethod
+    def _wait(waiter: concurrent.futures.Future, model: str, timeout_s: float | None) -> Any:
         try:
-            result = pending.waiter.result(timeout_s)
+            return waiter.result(timeout_s)
         except concurrent.futures.TimeoutError:
-            pending.waiter.cancel()
+            waiter.cancel()
             raise InferenceError(
                 "no answer within the client timeout",
                 model=model,
                 expected=f"a result within {timeout_s} s",
                 hint="raise timeout_s, or check the model's speed with nbserve.bench",
             ) from None
-        return InferResult(model, loaded.version, result, request_id)
 
     # --------------------------------------------------------------------- metadata
     def server_metadata(self) -> dict[str, Any]:

@@ -246,6 +246,7 @@ class Server(_Addresses):
         priority: int = 0,
         timeout_s: float | None = None,
         timeout_us: int = 0,
+        trace: bool = False,
     ) -> dict[str, Any]:
         """Run one request through the model's batcher; no network, no serialization.
 
@@ -254,9 +255,11 @@ class Server(_Addresses):
             model batches). version: a served version (default latest). outputs: a subset to return.
             priority: 1 is highest when the model has priority levels. timeout_s: how long to wait
             here. timeout_us: the queue timeout, where the model's queue policy allows overriding it.
+            trace: also return what every step of an ensemble read, wrote, waited and computed.
 
         Returns:
-            dict of output arrays by name.
+            dict of output arrays by name; with ``trace``, a :class:`~nbserve.serving.core.Traced`
+            dict whose ``trace`` lists the steps and ``tensors`` holds every intermediate tensor.
 
         Raises:
             ModelNotFound, InvalidInput, ServerBusy, InferenceError (see nbserve.errors).
@@ -270,7 +273,7 @@ class Server(_Addresses):
         """
         core = self._require_running()
         return core.infer_sync(model, inputs, version=version, outputs=outputs, priority=priority,
-                               timeout_us=timeout_us, timeout_s=timeout_s).outputs
+                               timeout_us=timeout_us, timeout_s=timeout_s, trace=trace).outputs
 
     async def ainfer(
         self,
@@ -281,11 +284,12 @@ class Server(_Addresses):
         outputs: Sequence[str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        trace: bool = False,
     ) -> dict[str, Any]:
         """``await``-able twin of :meth:`infer`; runs on the caller's event loop."""
         core = self._require_running()
         result = await core.infer(model, inputs, version=version, outputs=outputs, priority=priority,
-                                  timeout_us=timeout_us)
+                                  timeout_us=timeout_us, trace=trace)
         return result.outputs
 
     # --------------------------------------------------------------------- display
