@@ -287,15 +287,25 @@ def _from_contents(contents: Any, datatype: str, shape: tuple[int, ...], name: s
         array[:] = list(values)
         return array.reshape(shape)
     dtype = _NUMPY_BY_WIRE[datatype]
-    try:
-        array = np.array(values, dtype=dtype) if count else np.empty(0, dtype)
-    except OverflowError:
-        raise InvalidInput(
-            f"contents.{field} holds values outside the range of {datatype}",
-            model=model or None,
-            tensor=name,
-            hint=f"send values that fit {dtype.name}",
-        ) from None
+    if not count:
+        return np.empty(shape, dtype)
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        # int_contents / uint_contents are 32-bit on the wire: check the narrower range explicitly
+        # (NumPy 1.x wraps out-of-range values silently where 2.x raises).
+        wide = np.array(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(
+                f"contents.{field} holds values outside the range of {datatype}",
+                model=model or None,
+                tensor=name,
+                expected=f"values from {info.min} to {info.max}",
+                got=f"values from {int(wide.min())} to {int(wide.max())}",
+                hint=f"send values that fit {dtype.name}",
+            )
+        array = wide.astype(dtype)
+    else:
+        array = np.array(values, dtype=dtype)
     return array.reshape(shape)
 
 

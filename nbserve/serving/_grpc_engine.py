@@ -98,16 +98,40 @@ class HandlerCollector:
 
 
 class _Call:
-    """One unary call, from its arrival to its final batch."""
+    """One unary call, from its arrival to its final batch.
 
-    __slots__ = ("call", "handler", "metadata", "deadline", "payload")
+    ``ok(body)`` and ``fail(code, details)`` answer it from any thread (direct handlers answer from
+    wherever their result arrives, e.g. a model's instance thread); each call is answered once.
+    """
 
-    def __init__(self, call: Any, handler: grpc.RpcMethodHandler, metadata: Any, deadline: float | None) -> None:
+    __slots__ = ("call", "handler", "metadata", "deadline", "payload", "server", "direct")
+
+    def __init__(self, server: NativeServer, call: Any, handler: grpc.RpcMethodHandler, metadata: Any,
+                 deadline: float | None, direct: Callable[..., bool] | None) -> None:
+        self.server = server
         self.call = call
         self.handler = handler
         self.metadata = metadata
         self.deadline = deadline
+        self.direct = direct
         self.payload: bytes | None = None
+
+    def ok(self, body: bytes, trailing_metadata: tuple = ()) -> None:
+        server = self.server
+        server._final(self, (
+            server._op_initial((), 0),
+            server._op_message(body, 0),
+            server._op_status(trailing_metadata, server._ok, "", 0),
+            server._op_close(0),
+        ))
+
+    def fail(self, code: Any, details: str, trailing_metadata: tuple = ()) -> None:
+        server = self.server
+        server._final(self, (
+            server._op_initial((), 0),
+            server._op_status(trailing_metadata, _status_number(code), details, 0),
+            server._op_close(0),
+        ))
 
 
 class _Stream:
@@ -176,6 +200,11 @@ class NativeServer:
     Args:
         handlers: method path (``b"/package.Service/Method"``) -> ``grpc.RpcMethodHandler`` whose
             ``unary_unary`` is an ``async def (request, context)``.
+        direct: optional method path -> ``fn(payload: bytes, metadata, call) -> bool`` run on the
+            polling thread as soon as a call's message arrives, for methods that need no event loop
+            (ModelInfer submits to the batcher from there). It answers with ``call.ok(body)`` or
+            ``call.fail(code, details)`` from any thread, now or later, and returns True; returning
+            False sends the call to its ``handlers`` entry on the loop instead.
         loop: the event loop the handlers run on.
         options: grpc channel arguments (``("grpc.max_receive_message_length", n)``...).
 
@@ -184,23 +213,25 @@ class NativeServer:
     """
 
     def __init__(self, handlers: Mapping[bytes, grpc.RpcMethodHandler], loop: asyncio.AbstractEventLoop,
-                 options: Iterable[tuple[str, Any]] = ()) -> None:
+                 options: Iterable[tuple[str, Any]] = (),
+                 direct: Mapping[bytes, Callable[..., bool]] | None = None) -> None:
         from grpc._cython import cygrpc
 
         self._cygrpc = cygrpc
         self._handlers = dict(handlers)
+        self._direct = dict(direct or {})
         self._loop = loop
         self._cq = cygrpc.CompletionQueue()
         self._server = cygrpc.Server(tuple(options), False)
         self._server.register_completion_queue(self._cq)
         self._pending: collections.deque[_Call] = collections.deque()
         self._wake_scheduled = False
-        self._tasks: set[asyncio.Task] = set()  # unary handlers in flight
+        self._tasks: set[asyncio.Task] = set()  # unary handlers running on the loop
         self._streams: set[asyncio.Task] = set()
-        # Final batches started (written by the loop thread only) and finished (by the polling thread
-        # only): stop() waits until every answer is on the wire before it cancels what is left.
-        self._finals_started = 0
-        self._finals_done = 0
+        # Unary calls from the arrival of their message until their answer is on the wire (their final
+        # batch completed): stop() waits for this to reach zero before it cancels what is left.
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self._drained: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -239,9 +270,6 @@ class NativeServer:
         with self._server_lock:
             self._stopping = True
             self._server.shutdown(self._cq, _SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=_remaining(loop, deadline))
-        # A finished handler has only started its answer; wait until the answers are on the wire.
         self._check_drained()
         try:
             await asyncio.wait_for(self._drained.wait(), timeout=_remaining(loop, deadline))
@@ -260,8 +288,23 @@ class NativeServer:
         self._thread.join(timeout=1.0)
 
     def _check_drained(self) -> None:
-        if self._drained is not None and self._finals_done >= self._finals_started:
+        if self._drained is not None and self._inflight <= 0:
             self._drained.set()
+
+    def _final(self, rpc: _Call, ops: tuple) -> None:
+        """Start a unary call's last batch; its completion ends the call's time in flight."""
+        try:
+            rpc.call.start_server_batch(ops, _FINAL)
+        except Exception:  # the call is gone (server stopped): nothing to answer
+            _LOGGER.debug("could not answer a gRPC call", exc_info=True)
+            self._call_ended()
+
+    def _call_ended(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+            idle = self._inflight <= 0
+        if idle and self._stopping:
+            self._call_soon(self._check_drained)
 
     # ------------------------------------------------------------------ the polling thread
     def _poll(self) -> None:
@@ -282,12 +325,15 @@ class NativeServer:
                         return
                     continue  # a stream ended or a call was refused: nothing left to do
                 if tag is _FINAL:
-                    self._finals_done += 1
-                    if self._stopping:
-                        self._call_soon(self._check_drained)
+                    self._call_ended()
                     continue
                 if type(tag) is _Call:
-                    tag.payload = event.batch_operations[0].message() if event.success else None
+                    with self._inflight_lock:
+                        self._inflight += 1
+                    payload = event.batch_operations[0].message() if event.success else None
+                    if payload is not None and tag.direct is not None and self._run_direct(tag, payload):
+                        continue
+                    tag.payload = payload
                     pending.append(tag)
                     if not self._wake_scheduled:
                         self._wake_scheduled = True
@@ -308,7 +354,8 @@ class NativeServer:
                         stream = _Stream(event.call, handler, event.invocation_metadata, details.deadline)
                         self._call_soon(self._start_stream, stream)
                     else:
-                        call = _Call(event.call, handler, event.invocation_metadata, details.deadline)
+                        call = _Call(self, event.call, handler, event.invocation_metadata, details.deadline,
+                                     self._direct.get(details.method))
                         call.call.start_server_batch((receive(0),), call)
                 elif tag is _SHUTDOWN:  # every call has finished
                     with self._server_lock:
@@ -319,6 +366,14 @@ class NativeServer:
             _LOGGER.exception("the gRPC polling thread failed")
         finally:
             self._signal_stopped()
+
+    def _run_direct(self, rpc: _Call, payload: bytes) -> bool:
+        try:
+            return rpc.direct(payload, rpc.metadata, rpc)
+        except Exception as exc:  # a bug in the direct handler: answer, never leave the call hanging
+            _LOGGER.error("unexpected %s in a direct gRPC handler", type(exc).__name__, exc_info=exc)
+            rpc.fail(self._cygrpc.StatusCode.unknown, f"Unexpected {type(exc).__name__}: {exc}")
+            return True
 
     def _signal_stopped(self) -> None:
         done = self._stopped
@@ -424,33 +479,12 @@ class NativeServer:
         try:
             body = serializer(response) if serializer else response
         except Exception as exc:
-            self._send_status(rpc, self._cygrpc.StatusCode.internal, f"could not serialize the response: {exc}")
+            rpc.fail(self._cygrpc.StatusCode.internal, f"could not serialize the response: {exc}")
             return
-        try:
-            rpc.call.start_server_batch(
-                (
-                    self._op_initial((), 0),
-                    self._op_message(body, 0),
-                    self._op_status(context.trailing_metadata, self._ok, "", 0),
-                    self._op_close(0),
-                ),
-                _FINAL,
-            )
-        except Exception:  # the call is gone (server stopped): nothing to answer
-            _LOGGER.debug("could not answer a gRPC call", exc_info=True)
-        else:
-            self._finals_started += 1
+        rpc.ok(body, context.trailing_metadata)
 
     def _send_status(self, rpc: _Call, code: int, details: str, trailing: tuple = ()) -> None:
-        try:
-            rpc.call.start_server_batch(
-                (self._op_initial((), 0), self._op_status(trailing, code, details, 0), self._op_close(0)), _FINAL
-            )
-        except Exception:
-            _LOGGER.debug("could not answer a gRPC call", exc_info=True)
-        else:
-            self._finals_started += 1
-
+        rpc.fail(code, details, trailing)
 
     # ------------------------------------------------------------------ streams (on the loop)
     def _start_stream(self, stream: _Stream) -> None:

@@ -37,10 +37,25 @@ _LOGGER = logging.getLogger("nbserve.grpc")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 _ENGINES = ("auto", "native", "aio")
+_UNAUTHENTICATED = (
+    "missing or wrong bearer token: send the metadata ('authorization', 'Bearer <token>'), "
+    "e.g. client.infer(..., headers={'authorization': 'Bearer <token>'}) with tritonclient"
+)
 _SHM_DETAILS = (
     "{what} is not supported by nbserve: send tensors inside the request (tritonclient does this "
     "unless you register shared memory), or serve the exported repository with tritonserver"
 )
+
+
+def status_for(exc: BaseException) -> tuple[Any, str]:
+    """The gRPC status code and details for an error: nbserve errors carry their own."""
+    import grpc
+
+    if isinstance(exc, NbserveError):
+        return getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL), str(exc)
+    _LOGGER.error("unexpected error in a gRPC call", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, (f"internal server error ({type(exc).__name__}: {exc}); "
+                                      "this is a bug in nbserve: please report it")
 
 
 def make_servicer(core: Any, *, token: str | None = None) -> Any:
@@ -67,25 +82,18 @@ def make_servicer(core: Any, *, token: str | None = None) -> Any:
     TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 
     async def fail(context: Any, exc: BaseException) -> None:
-        if isinstance(exc, NbserveError):
-            code = getattr(Code, exc.grpc_status, Code.INTERNAL)
-            await context.abort(code, str(exc))
-        _LOGGER.error("unexpected error in a gRPC call", exc_info=exc)
-        await context.abort(Code.INTERNAL, f"internal server error ({type(exc).__name__}: {exc}); "
-                                           "this is a bug in nbserve: please report it")
+        await context.abort(*status_for(exc))
 
-    async def authorize(context: Any) -> None:
-        for key, value in context.invocation_metadata():
+    def authorized(metadata: Any) -> bool:
+        for key, value in metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, expected_auth):
-                    return
-                break
-        await context.abort(
-            Code.UNAUTHENTICATED,
-            "missing or wrong bearer token: send the metadata ('authorization', 'Bearer <token>'), "
-            "e.g. client.infer(..., headers={'authorization': 'Bearer <token>'}) with tritonclient",
-        )
+                return hmac.compare_digest(given, expected_auth)
+        return False
+
+    async def authorize(context: Any) -> None:
+        if not authorized(context.invocation_metadata()):
+            await context.abort(Code.UNAUTHENTICATED, _UNAUTHENTICATED)
 
     class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Triton's GRPCInferenceService over an nbserve ``InferenceCore``."""
@@ -159,19 +167,7 @@ def make_servicer(core: Any, *, token: str | None = None) -> Any:
                     request_id=decoded.id,
                     parameters=decoded.parameters or None,
                 )
-                batched = False
-                if decoded.classification:
-                    batched = core.model_config(result.model_name, result.model_version).max_batch_size > 0
-                return encode_infer_response(
-                    response_type,
-                    result.model_name,
-                    result.model_version,
-                    result.outputs,
-                    id=decoded.id,
-                    parameters=result.parameters,
-                    classification=decoded.classification,
-                    batched=batched,
-                )
+                return infer_response(core, decoded, result)
             except Exception as exc:
                 await fail(context, exc)
 
@@ -315,6 +311,120 @@ def make_servicer(core: Any, *, token: str | None = None) -> Any:
     return InferenceServicer()
 
 
+def infer_response(core: Any, decoded: Any, result: Any) -> Any:
+    """The ModelInferResponse for a decoded request and the core's InferResult."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    batched = False
+    if decoded.classification:
+        batched = core.model_config(result.model_name, result.model_version).max_batch_size > 0
+    return encode_infer_response(
+        pb.ModelInferResponse,
+        result.model_name,
+        result.model_version,
+        result.outputs,
+        id=decoded.id,
+        parameters=result.parameters,
+        classification=decoded.classification,
+        batched=batched,
+    )
+
+
+def _thread_submitter(core: Any) -> Any:
+    """``submit(loop, callback, model, inputs, **options)``, callable from a thread other than the
+    loop's: queues the request and calls ``callback(future, version)`` on ``loop`` with its outcome
+    (a done future of the outputs). None when the core offers no way to do it.
+
+    It queues through the core's ``_prepare`` and ``_submit`` (the two halves of ``infer``; no
+    public contract offers this yet) with a future of ``loop`` as the waiter. The batcher resolves
+    every future of a batch on their loop with one ``call_soon_threadsafe``, so the answers of a
+    whole batch cost one wake-up of the loop, and the loop encodes them while the model runs the
+    next batch.
+    """
+    prepare, queue = getattr(core, "_prepare", None), getattr(core, "_submit", None)
+    if not (callable(prepare) and callable(queue)):
+        return None
+
+    def submit(loop, callback, model, inputs, *, version=None, outputs=None, priority=0, timeout_us=0):
+        loaded, pending = prepare(model, inputs, version, outputs, priority)
+        # The future is created and given its callback off the loop, before it is queued: until then
+        # no other thread can see it. (Adding the callback after queueing could race with the loop
+        # resolving it.) The version is read when the callback runs: _submit may route the request
+        # to a newer version if this one retired in between.
+        served = [loaded]
+        waiter = asyncio.Future(loop=loop)
+        waiter.add_done_callback(lambda done: callback(done, served[0].version))
+        pending.waiter = waiter
+        served[0] = queue(model, version, loaded, pending, timeout_us)
+
+    return submit
+
+
+def make_direct_infer(core: Any, loop: asyncio.AbstractEventLoop, *, token: str | None = None) -> Any:
+    """ModelInfer for the native engine's polling thread: decode and queue there, answer on the loop.
+
+    The request goes from grpc's polling thread straight to the batcher (no hop to the event loop
+    and no task per call); the model's results come back to ``loop`` once per batch, where each is
+    encoded and sent. Returns None when the core cannot be fed from another thread.
+    """
+    submit = _thread_submitter(core)
+    if submit is None:
+        return None
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    from .core import InferResult
+
+    expected_auth = None if token is None else f"Bearer {token}".encode()
+    parse = pb.ModelInferRequest.FromString
+
+    def answer(call: Any, decoded: Any, number: int, future: asyncio.Future) -> None:
+        try:
+            if future.cancelled():
+                call.fail(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
+                return
+            error = future.exception()
+            if error is None:
+                result = InferResult(decoded.model, number, future.result(), decoded.id)
+                call.ok(infer_response(core, decoded, result).SerializeToString())
+                return
+        except Exception as exc:
+            error = exc
+        call.fail(*status_for(error))
+
+    def direct_infer(payload: bytes, metadata: Any, call: Any) -> bool:
+        if expected_auth is not None:
+            given = next((v for k, v in metadata or () if k == "authorization"), None)
+            if given is None or not hmac.compare_digest(given.encode() if isinstance(given, str) else given,
+                                                        expected_auth):
+                call.fail(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+                return True
+        try:
+            request = parse(payload)
+        except Exception as exc:
+            call.fail(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"the request is not a valid ModelInferRequest message ({exc}): "
+                      "send it with tritonclient.grpc or the generated stub")
+            return True
+        try:
+            decoded = decode_infer_request(request)
+            submit(
+                loop,
+                lambda done, number: answer(call, decoded, number, done),
+                decoded.model,
+                decoded.inputs,
+                version=decoded.version or None,
+                outputs=decoded.outputs,
+                priority=decoded.priority,
+                timeout_us=decoded.timeout_us,
+            )
+        except Exception as exc:
+            call.fail(*status_for(exc))
+        return True
+
+    return direct_infer
+
+
 class GrpcEndpoint:
     """A running gRPC frontend: ``port`` and ``close()`` (see the Endpoint protocol)."""
 
@@ -398,7 +508,12 @@ async def start_grpc(
         from ._grpc_engine import NativeServer, handler_table
 
         handlers = handler_table(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, servicer)
-        server: Any = NativeServer(handlers, asyncio.get_running_loop(), options)
+        direct = {}
+        if os.environ.get("NBSERVE_GRPC_DIRECT", "1") != "0":
+            direct_infer = make_direct_infer(core, asyncio.get_running_loop(), token=token)
+            if direct_infer is not None:
+                direct[b"/inference.GRPCInferenceService/ModelInfer"] = direct_infer
+        server: Any = NativeServer(handlers, asyncio.get_running_loop(), options, direct=direct)
         bound = server.add_insecure_port(address)
         if not bound:
             raise ServerStateError(f"cannot listen for gRPC on {address}", hint="choose another port, or 0 for a free one")
