@@ -22,6 +22,7 @@ __all__ = [
     "remove",
     "TensorSpec",
     "Ensemble",
+    "EnsembleBuilder",
     "Registry",
     "default_registry",
     "write_repository",
@@ -36,6 +37,7 @@ __all__ = [
 _LAZY = {
     "TensorSpec": ("nbserve.tensors", "TensorSpec"),
     "Ensemble": ("nbserve.ensemble", "Ensemble"),
+    "EnsembleBuilder": ("nbserve.widgets.ensemble_builder", "EnsembleBuilder"),
     "Registry": ("nbserve.registry", "Registry"),
     "default_registry": ("nbserve.registry", "default_registry"),
     "write_repository": ("nbserve.repository", "write_repository"),

@@ -23,6 +23,7 @@ PUBLIC_API = [
     "remove",
     "TensorSpec",
     "Ensemble",
+    "EnsembleBuilder",
     "Registry",
     "default_registry",
     "write_repository",
