@@ -29,6 +29,9 @@ __all__ = [
     "read_repository",
     "serve",
     "Server",
+    "export",
+    "validate",
+    "parity",
     "errors",
     "__version__",
 ]
@@ -44,6 +47,9 @@ _LAZY = {
     "read_repository": ("nbserve.repository", "read_repository"),
     "serve": ("nbserve.serving.server", "serve"),
     "Server": ("nbserve.serving.server", "Server"),
+    "export": ("nbserve.export.exporter", "export"),
+    "validate": ("nbserve.export.validate", "validate"),
+    "parity": ("nbserve.export.parity", "parity"),
     "errors": ("nbserve.errors", None),
 }
 

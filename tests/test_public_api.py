@@ -30,6 +30,9 @@ PUBLIC_API = [
     "read_repository",
     "serve",
     "Server",
+    "export",
+    "validate",
+    "parity",
     "errors",
     "__version__",
 ]
