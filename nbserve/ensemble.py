@@ -462,7 +462,15 @@ class Ensemble:
                 problem("ensemble output is not written by any step", tensor=tensor,
                         hint=f"did you mean '{close[0]}'?" if close else
                         f'map a step output to it: ens.step(..., outputs={{"model_output": "{tensor}"}})')
-        for index, model_output in sorted(self._unused_outputs()):
+        unused = self._unused_outputs()
+        for i, step in enumerate(self._steps):
+            if step.outputs and all((i, o) in unused for o in step.outputs):
+                problem(f"{self._label(i)} writes nothing that is used: no step input or ensemble output reads "
+                        f"{', '.join(repr(t) for t in step.outputs.values())}",
+                        hint="connect one of its outputs to a step input or an ensemble output, or remove the step")
+        for index, model_output in sorted(unused):
+            if all((index, o) in unused for o in self._steps[index].outputs):
+                continue  # a problem above, not a warning
             tensor = self._steps[index].outputs[model_output]
             notes.append(f"{self._label(index)} output '{model_output}' -> tensor '{tensor}' is not used by any "
                          "step or ensemble output; it is left out of the config (declare "

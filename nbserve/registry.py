@@ -19,7 +19,7 @@ from .backends.base import Adapted
 from .config import ModelConfig, build_config, check_max_batch_size, render, validate_name
 from .config import input_specs, output_specs, with_reshapes
 from .ensemble import Ensemble, version_entry as ensemble_entry
-from .errors import ConfigError, InferenceError, ModelNotFound
+from .errors import ConfigError, InferenceError, ModelNotFound, NbserveError
 from .requests import check_inputs
 from .tensors import TensorSpec
 from .config import to_specs
@@ -63,6 +63,8 @@ class ModelVersion:
         checked = check_inputs(self.config, inputs, version=self.version)
         try:
             return self.runner(checked)
+        except NbserveError:
+            raise  # already names the model and the fix (an ensemble's failing step, for one)
         except Exception as exc:
             raise InferenceError(f"the model raised {type(exc).__name__}: {exc}", model=self.name, version=self.version) from exc
 
