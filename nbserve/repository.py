@@ -119,6 +119,10 @@ def _writer(name: str) -> Any:
         from . import ensemble
 
         return ensemble
+    if name == "stateful":  # nbserve.register_stateful: a Python-backend model that keeps sequence state
+        from . import stateful
+
+        return stateful
     return backend(name)
 
 

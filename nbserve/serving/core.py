@@ -26,6 +26,7 @@ from ..repository import model_versions_to_load
 from ..requests import InputChecker
 from ..tensors import merge, triton_dtype
 from .batcher import Closed, DynamicBatcher, Pending
+from .sequence import SequenceBatcher, SequenceFlags, sequence_flags
 from .ensemble_scheduler import EnsembleVersion, TimedFuture, Traced, start_traced
 from .stats import ModelStats
 
@@ -53,7 +54,7 @@ class InferResult:
 class LoadedVersion:
     """One served version: its config, runner, batcher and statistics."""
 
-    def __init__(self, entry: ModelVersion) -> None:
+    def __init__(self, entry: ModelVersion, repository: Path | None = None) -> None:
         self.entry = entry
         self.name = entry.name
         self.version = entry.version
@@ -62,7 +63,15 @@ class LoadedVersion:
         self.output_names = [t.name for t in entry.config.output]
         self.check_inputs = InputChecker(entry.config, entry.version)
         self.stats = ModelStats()
-        self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
+        self.runner = entry.runner
+        if entry.config.HasField("sequence_batching"):  # a stateful model: Triton's sequence batcher
+            model_dir = repository / entry.name if repository is not None else None
+            self.batcher = SequenceBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}",
+                                           initial_state=entry.options.get("initial_state"), model_dir=model_dir)
+            self.stats = self.batcher.stats  # Triton's statistics plus the active sequences
+            self.runner = self.batcher.checked(entry.runner)
+        else:
+            self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
 
     def _execute(self, batch: list[Pending]) -> list[tuple[Pending, Any, BaseException | None]]:
         """Run one batch in an instance thread; never raises (errors go to the batch's requests)."""
@@ -74,7 +83,7 @@ class LoadedVersion:
                 merged = {name: merge([p.inputs[name] for p in batch]) for name in batch[0].inputs}
             rows = sum(p.rows for p in batch)
             input_done = time.monotonic_ns()
-            outputs = self.entry.runner(merged)
+            outputs = self.runner(merged)
             infer_done = time.monotonic_ns()
             results = self._split(batch, outputs, rows)
         except Exception as exc:
@@ -219,7 +228,7 @@ class InferenceCore:
         # An ensemble's steps run through the core, each in its own model's batcher.
         if entry.config.platform == "ensemble":
             return EnsembleVersion(entry, self)
-        return LoadedVersion(entry)
+        return LoadedVersion(entry, self.repository)
 
     def _retire(self, version: LoadedVersion) -> None:
         # Drain in the background: the registering cell returns at once, queued requests still run.
@@ -309,11 +318,15 @@ class InferenceCore:
         )
         return loaded, pending
 
-    def _submit(self, model: str, version: Any, loaded: LoadedVersion, pending: Pending, timeout_us: int) -> LoadedVersion:
+    def _submit(self, model: str, version: Any, loaded: LoadedVersion, pending: Pending, timeout_us: int,
+                sequence: SequenceFlags | None = None) -> LoadedVersion:
         """Queue; if the version was retired between routing and queueing, route again."""
         for _ in range(3):
             try:
-                loaded.batcher.submit(pending, timeout_us)
+                if isinstance(loaded.batcher, SequenceBatcher):
+                    loaded.batcher.submit(pending, timeout_us, sequence)
+                else:
+                    loaded.batcher.submit(pending, timeout_us)
                 return loaded
             except Closed:
                 loaded = self._route(model, version)
@@ -332,11 +345,16 @@ class InferenceCore:
         request_id: str = "",
         parameters: Mapping[str, Any] | None = None,
         trace: bool = False,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
     ) -> InferResult:
         """Run one request through the model's batcher; awaits on the caller's event loop.
 
         With ``trace`` the outputs are a :class:`Traced` dict whose ``trace`` holds what every step
         (of an ensemble; the model itself otherwise) read, wrote, waited and computed.
+        ``sequence_id``/``sequence_start``/``sequence_end`` (or the request parameters of the same
+        names, as HTTP and gRPC carry them) address a sequence of a stateful model.
         """
         if trace:
             future, served = start_traced(self, model, inputs, version=version, outputs=outputs, priority=priority,
@@ -344,8 +362,10 @@ class InferenceCore:
             traced = await asyncio.wrap_future(future)
             return InferResult(model, served(), traced, request_id)
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
+        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
+                    if parameters or sequence_id else None)
         pending.waiter = asyncio.get_running_loop().create_future()
-        loaded = self._submit(model, version, loaded, pending, timeout_us)
+        loaded = self._submit(model, version, loaded, pending, timeout_us, sequence)
         result = await pending.waiter
         return InferResult(model, loaded.version, result, request_id)
 
@@ -361,6 +381,10 @@ class InferenceCore:
         request_id: str = "",
         timeout_s: float | None = None,
         trace: bool = False,
+        parameters: Mapping[str, Any] | None = None,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
     ) -> InferResult:
         """The same as :meth:`infer` for plain threads (no event loop involved)."""
         if trace:
@@ -368,8 +392,10 @@ class InferenceCore:
                                           timeout_us=timeout_us)
             return InferResult(model, served(), self._wait(future, model, timeout_s), request_id)
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
+        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
+                    if parameters or sequence_id else None)
         pending.waiter = concurrent.futures.Future()
-        loaded = self._submit(model, version, loaded, pending, timeout_us)
+        loaded = self._submit(model, version, loaded, pending, timeout_us, sequence)
         return InferResult(model, loaded.version, self._wait(pending.waiter, model, timeout_s), request_id)
 
     @staticmethod
