@@ -32,6 +32,9 @@ __all__ = [
     "export",
     "validate",
     "parity",
+    "bench",
+    "sweep",
+    "Dashboard",
     "errors",
     "__version__",
 ]
@@ -50,6 +53,9 @@ _LAZY = {
     "export": ("nbserve.export.exporter", "export"),
     "validate": ("nbserve.export.validate", "validate"),
     "parity": ("nbserve.export.parity", "parity"),
+    "bench": ("nbserve.bench", None),  # the package is callable: nbserve.bench(server, model, ...)
+    "sweep": ("nbserve.bench.sweeps", "sweep"),
+    "Dashboard": ("nbserve.widgets.dashboard", "Dashboard"),
     "errors": ("nbserve.errors", None),
 }
 

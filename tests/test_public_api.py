@@ -33,6 +33,9 @@ PUBLIC_API = [
     "export",
     "validate",
     "parity",
+    "bench",
+    "sweep",
+    "Dashboard",
     "errors",
     "__version__",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EnsembleBuilder"]
+__all__ = ["EnsembleBuilder", "Dashboard"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from .ensemble_builder import EnsembleBuilder
 
         return EnsembleBuilder
+    if name == "Dashboard":
+        from .dashboard import Dashboard
+
+        return Dashboard
     raise AttributeError(f"module 'nbserve.widgets' has no attribute {name!r}")
