@@ -5,6 +5,7 @@
     nbserve export OUT (--script FILE.py | --from REPO) [--models A,B] [--portable] [--overwrite]
     nbserve validate REPO [--strict]
     nbserve parity REPO [--samples FILE] [--no-triton] [--rtol R] [--atol A]
+    nbserve bench URL MODEL [-c 1,4,16 | --request-rate 100,500] [-i http|grpc] [-f results.csv]
 
 Each subcommand has an ``_add_<name>(subparsers)`` that declares its arguments and a ``_<name>(args)``
 that runs it and returns the exit status. nbserve errors are printed as one line (they name the fix),
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(subparsers)
     _add_validate(subparsers)
     _add_parity(subparsers)
+    _add_bench(subparsers)
     return parser
 
 
@@ -184,6 +186,76 @@ def _parity(args: argparse.Namespace) -> int:
                     rtol=args.rtol, atol=args.atol, repeats=args.repeats)
     print(repr(report))
     return 0 if report.ok else 1
+
+
+# ----------------------------------------------------------------------------- bench
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure a model on any KServe v2 server (nbserve, Triton) and print a perf_analyzer-like table",
+        description="Closed-loop load at each concurrency (or open-loop at each request rate) from a separate "
+        "process, measured in windows until throughput and latency are stable, as perf_analyzer does; prints "
+        "client throughput and latency percentiles with the server's queue and compute times and batch sizes.",
+    )
+    parser.add_argument("url", help='the server: "http://127.0.0.1:8000", "grpc://127.0.0.1:8001" or "host:port"')
+    parser.add_argument("model", help="the model name")
+    parser.add_argument("-c", "--concurrency", default="1,4,16", help="comma-separated concurrency levels")
+    parser.add_argument("--request-rate", metavar="RATES",
+                        help="comma-separated request rates (requests/s): open loop instead of concurrency")
+    parser.add_argument("--distribution", choices=["constant", "poisson"], default="constant",
+                        help="arrivals of the open loop")
+    parser.add_argument("-i", "--protocol", choices=["http", "grpc"], default=None,
+                        help="default: the URL's scheme, else http")
+    parser.add_argument("-x", "--model-version", default="", help="a model version (default: the server's)")
+    parser.add_argument("-b", "--batch-size", type=int, default=1)
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2",
+                        help="dims of an input with variable dims (repeatable)")
+    parser.add_argument("--input-data", metavar="FILE.json",
+                        help="inputs as JSON: {input: values} or a list of them (default: random data)")
+    parser.add_argument("-p", "--measurement-interval", type=float, default=1000.0, metavar="MS")
+    parser.add_argument("-s", "--stability-percentage", type=float, default=10.0)
+    parser.add_argument("-r", "--max-trials", type=int, default=10, help="most windows per level")
+    parser.add_argument("--warmup", type=float, default=0.5, metavar="SECONDS")
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--token", default=None, help="bearer token")
+    parser.add_argument("-f", "--out", metavar="PATH", help="also write the results (.csv or .json)")
+    parser.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench.run import bench
+    from .errors import InvalidInput
+
+    def numbers(text: str, kind: type) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise InvalidInput(f"not a comma-separated list of numbers: {text!r}", hint="e.g. -c 1,4,16") from None
+
+    shapes = {}
+    for item in args.shape:
+        name, _, dims = item.partition(":")
+        shapes[name] = numbers(dims, int)
+    inputs = json.loads(open(args.input_data).read()) if args.input_data else None
+    run = bench(
+        args.url, args.model, numbers(args.concurrency, int),
+        request_rate=numbers(args.request_rate, float) if args.request_rate else None,
+        distribution=args.distribution, protocol=args.protocol, version=args.model_version or None,
+        inputs=inputs, batch_size=args.batch_size, shapes=shapes or None,
+        measurement_interval_ms=args.measurement_interval, stability_percentage=args.stability_percentage,
+        max_windows=args.max_trials, stability_windows=min(3, args.max_trials), warmup_s=args.warmup,
+        processes=args.processes, token=args.token, live=False,
+    )
+    print(f"*** nbserve bench: {args.model} at {run.settings['target']}, batch size {args.batch_size}, "
+          f"windows of {args.measurement_interval:g} ms, stable within {args.stability_percentage:g}% ***")
+    print(run.table())
+    for message, count in run.errors.items():
+        print(f"error x{count}: {message}")
+    if args.out:
+        print(f"results: {run.save(args.out)}")
+    return 1 if run.errors and not any(r["requests"] for r in run.rows) else 0
 
 
 if __name__ == "__main__":

@@ -129,10 +129,15 @@ def _user_inputs(item: Mapping[str, Any], metadata: Mapping[str, Any], model: st
         if declared and name not in declared:
             raise InvalidInput(f"unknown input {name!r}", model=model, expected=sorted(declared),
                                hint="pass the model's input names in inputs={...}")
-        array = to_numpy(value) if hasattr(value, "dtype") else np.asarray(value)
+        wanted = declared.get(name, {}).get("datatype")
+        if hasattr(value, "dtype"):
+            array = to_numpy(value)
+        elif wanted == "BYTES":
+            array = as_bytes_array(value)
+        else:  # plain lists (from JSON, or typed in a cell) take the model's dtype
+            array = np.asarray(value, dtype=numpy_dtype(wanted)) if wanted and wanted != "BF16" else np.asarray(value)
         if array.dtype.kind in "USO":
             array = as_bytes_array(array)
-        wanted = declared.get(name, {}).get("datatype")
         if wanted and triton_dtype(array) != wanted:
             raise InvalidInput("the input's dtype is not the model's", model=model, tensor=name, expected=wanted,
                                got=triton_dtype(array),
