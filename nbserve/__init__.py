@@ -21,6 +21,9 @@ __all__ = [
     "get",
     "remove",
     "TensorSpec",
+    "register_stateful",
+    "StateSpec",
+    "SequenceStepper",
     "Ensemble",
     "EnsembleBuilder",
     "Registry",
@@ -42,6 +45,9 @@ __all__ = [
 # public name -> (module, attribute)
 _LAZY = {
     "TensorSpec": ("nbserve.tensors", "TensorSpec"),
+    "register_stateful": ("nbserve.stateful", "register_stateful"),
+    "StateSpec": ("nbserve.stateful", "StateSpec"),
+    "SequenceStepper": ("nbserve.widgets.sequence_stepper", "SequenceStepper"),
     "Ensemble": ("nbserve.ensemble", "Ensemble"),
     "EnsembleBuilder": ("nbserve.widgets.ensemble_builder", "EnsembleBuilder"),
     "Registry": ("nbserve.registry", "Registry"),

@@ -82,7 +82,8 @@ class StatefulRunner:
             value = inputs.get(control["name"])
             if value is None:
                 shape = (rows, 1) if rows is not None else (1,)
-                value = np.full(shape, control["true"], dtype=NUMPY_NAMES.get(control["dtype"], "int32"))
+                dtype = object if control["dtype"] == "BYTES" else NUMPY_NAMES[control["dtype"]]
+                value = np.full(shape, control["true"], dtype=dtype)
             args[control["name"]] = value
         return args
 

@@ -191,6 +191,11 @@ def _control_descriptions(sb: Any) -> list[dict[str, Any]]:
     out = []
     for control_input in sb.control_input:
         control = control_input.control[0]
+        if control.kind == control.CONTROL_SEQUENCE_CORRID:  # the sequence id; 0 outside a sequence
+            wire = triton_dtype(control.data_type)
+            out.append({"name": control_input.name, "kind": int(control.kind), "dtype": wire,
+                        "true": b"" if wire == "BYTES" else 0})
+            continue
         for field, dtype in (("int32_false_true", "INT32"), ("fp32_false_true", "FP32"), ("bool_false_true", "BOOL")):
             values = list(getattr(control, field))
             if values:

@@ -215,6 +215,9 @@ class SubprocessServer(_Addresses):
         priority: int = 0,
         timeout_s: float | None = None,
         timeout_us: int = 0,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
     ) -> dict[str, Any]:
         """Send one request over HTTP (binary tensors) and return the outputs as NumPy arrays."""
         self.check()
@@ -223,7 +226,8 @@ class SubprocessServer(_Addresses):
         if self._client is None:
             self._client = self.client("http")
         return http_infer(self._client, model, inputs, version=version, outputs=outputs, priority=priority,
-                          timeout_us=timeout_us)
+                          timeout_us=timeout_us, sequence_id=sequence_id, sequence_start=sequence_start,
+                          sequence_end=sequence_end)
 
     async def ainfer(self, model: str, inputs: Mapping[str, Any], **options: Any) -> dict[str, Any]:
         import asyncio

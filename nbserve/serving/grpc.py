@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError, InvalidInput, NbserveError
 from ._grpc_codec import decode_infer_request, encode_infer_response, parameter_value
+from .sequence import sequence_flags
 
 __all__ = ["start_grpc", "GrpcEndpoint", "make_servicer", "DEFAULT_MAX_MESSAGE_BYTES"]
 
@@ -345,8 +346,11 @@ def _thread_submitter(core: Any) -> Any:
     if not (callable(prepare) and callable(queue)):
         return None
 
-    def submit(loop, callback, model, inputs, *, version=None, outputs=None, priority=0, timeout_us=0):
+    def submit(loop, callback, model, inputs, *, version=None, outputs=None, priority=0, timeout_us=0,
+               parameters=None):
         loaded, pending = prepare(model, inputs, version, outputs, priority)
+        # A stateful model's sequence_id/sequence_start/sequence_end arrive as request parameters.
+        sequence = sequence_flags(model, parameters) if parameters else None
         # The future is created and given its callback off the loop, before it is queued: until then
         # no other thread can see it. (Adding the callback after queueing could race with the loop
         # resolving it.) The version is read when the callback runs: _submit may route the request
@@ -355,7 +359,7 @@ def _thread_submitter(core: Any) -> Any:
         waiter = asyncio.Future(loop=loop)
         waiter.add_done_callback(lambda done: callback(done, served[0].version))
         pending.waiter = waiter
-        served[0] = queue(model, version, loaded, pending, timeout_us)
+        served[0] = queue(model, version, loaded, pending, timeout_us, sequence)
 
     return submit
 
@@ -417,6 +421,7 @@ def make_direct_infer(core: Any, loop: asyncio.AbstractEventLoop, *, token: str 
                 outputs=decoded.outputs,
                 priority=decoded.priority,
                 timeout_us=decoded.timeout_us,
+                parameters=decoded.parameters,
             )
         except Exception as exc:
             call.fail(*status_for(exc))

@@ -37,6 +37,9 @@ def http_infer(
     outputs: Sequence[str] | None = None,
     priority: int = 0,
     timeout_us: int = 0,
+    sequence_id: int | str = 0,
+    sequence_start: bool = False,
+    sequence_end: bool = False,
 ) -> dict[str, Any]:
     """One request with binary tensors through a ``tritonclient.http.InferenceServerClient``."""
     import tritonclient.http as httpclient
@@ -60,6 +63,9 @@ def http_infer(
             outputs=requested,
             priority=priority,
             timeout=timeout_us or None,
+            sequence_id=sequence_id,
+            sequence_start=sequence_start,
+            sequence_end=sequence_end,
         )
     except InferenceServerException as exc:
         raise error_from_status(exc.status(), exc.message(), model) from None

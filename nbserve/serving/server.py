@@ -247,6 +247,9 @@ class Server(_Addresses):
         timeout_s: float | None = None,
         timeout_us: int = 0,
         trace: bool = False,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
     ) -> dict[str, Any]:
         """Run one request through the model's batcher; no network, no serialization.
 
@@ -256,6 +259,8 @@ class Server(_Addresses):
             priority: 1 is highest when the model has priority levels. timeout_s: how long to wait
             here. timeout_us: the queue timeout, where the model's queue policy allows overriding it.
             trace: also return what every step of an ensemble read, wrote, waited and computed.
+            sequence_id, sequence_start, sequence_end: the sequence of a stateful model this request
+            belongs to (see nbserve.register_stateful).
 
         Returns:
             dict of output arrays by name; with ``trace``, a :class:`~nbserve.serving.core.Traced`
@@ -273,7 +278,8 @@ class Server(_Addresses):
         """
         core = self._require_running()
         return core.infer_sync(model, inputs, version=version, outputs=outputs, priority=priority,
-                               timeout_us=timeout_us, timeout_s=timeout_s, trace=trace).outputs
+                               timeout_us=timeout_us, timeout_s=timeout_s, trace=trace, sequence_id=sequence_id,
+                               sequence_start=sequence_start, sequence_end=sequence_end).outputs
 
     async def ainfer(
         self,
@@ -285,11 +291,15 @@ class Server(_Addresses):
         priority: int = 0,
         timeout_us: int = 0,
         trace: bool = False,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
     ) -> dict[str, Any]:
         """``await``-able twin of :meth:`infer`; runs on the caller's event loop."""
         core = self._require_running()
         result = await core.infer(model, inputs, version=version, outputs=outputs, priority=priority,
-                                  timeout_us=timeout_us, trace=trace)
+                                  timeout_us=timeout_us, trace=trace, sequence_id=sequence_id,
+                                  sequence_start=sequence_start, sequence_end=sequence_end)
         return result.outputs
 
     # --------------------------------------------------------------------- display
