@@ -26,14 +26,14 @@ import dataclasses
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ._transports import RequestFailed
 
-__all__ = ["Load", "Records", "Engine", "EngineHost", "new_event_loop"]
+__all__ = ["Load", "Records", "Engine", "EngineHost", "arrival_gaps_ns", "new_event_loop"]
 
 _MAX_MESSAGES = 20  # distinct error messages kept per take()
 
@@ -211,17 +211,8 @@ class Engine:
         stop = self._stop
         assert stop is not None
         loop = asyncio.get_running_loop()
-        rng = np.random.default_rng(load.seed)
-        interval_ns = 1e9 / load.value
         idle: collections.deque[Any] = collections.deque()
         stopped = loop.create_task(stop.wait())
-
-        def intervals() -> Any:
-            while True:  # drawn in blocks: one NumPy call per 1,024 requests
-                if load.distribution == "poisson":
-                    yield from rng.exponential(interval_ns, 1024)
-                else:
-                    yield from (interval_ns,) * 1024
 
         async def request() -> None:
             connection = idle.pop() if idle else None
@@ -233,7 +224,7 @@ class Engine:
             if not connection.broken:
                 idle.append(connection)
 
-        gaps = intervals()
+        gaps = arrival_gaps_ns(load)
         due = float(time.monotonic_ns())
         try:
             while not stop.is_set():
@@ -253,6 +244,21 @@ class Engine:
                 await asyncio.gather(*list(self._inflight), return_exceptions=True)
         finally:
             stopped.cancel()
+
+
+def arrival_gaps_ns(load: Load) -> Iterator[float]:
+    """The open loop's schedule: gaps between request starts, in ns (endless).
+
+    Constant: ``1e9 / rate`` each. Poisson: exponential gaps of that mean (seeded), drawn in blocks
+    so that NumPy is called once per 1,024 requests.
+    """
+    interval_ns = 1e9 / load.value
+    if load.distribution == "constant":
+        while True:
+            yield interval_ns
+    rng = np.random.default_rng(load.seed)
+    while True:
+        yield from rng.exponential(interval_ns, 1024).tolist()
 
 
 class EngineHost:

@@ -28,10 +28,11 @@ class Target:
     """One server, one protocol: metadata, config and statistics readers plus the load's address."""
 
     def __init__(self, *, protocol: str, address: str = "", core: Any = None, token: str | None = None,
-                 label: str = "") -> None:
+                 label: str = "", server: Any = None) -> None:
         self.protocol = protocol
         self.address = address
         self.core = core
+        self.server = server  # the in-kernel Server object, when there is one
         self.token = token
         self.label = label or (f"{protocol}://{address}" if address else "in-process")
 
@@ -62,7 +63,13 @@ class Target:
     def statistics(self, model: str) -> ServerSnapshot:
         """The model's cumulative statistics now (all versions summed)."""
         if self.core is not None:
-            data = self.core.model_statistics(model)
+            try:
+                data = self.core.model_statistics(model)
+            except NbserveError:
+                if self.server is not None and not getattr(self.server, "is_running", True):
+                    raise ServerStateError("the server stopped during the benchmark",
+                                           hint="start it again with nbserve.serve() and rerun") from None
+                raise
         elif self.protocol == "grpc":
             data = self._grpc_json("ModelStatistics", model, "")
         else:
@@ -187,11 +194,11 @@ def resolve(server_or_url: Any, protocol: str | None = None, *, token: str | Non
         if core is None:
             raise InvalidInput(f"{type(server_or_url).__name__} runs in another process: there is no in-process API",
                                hint='use protocol="http" or protocol="grpc"')
-        return Target(protocol="inprocess", core=core, token=token)
+        return Target(protocol="inprocess", core=core, token=token, server=server_or_url)
     address = getattr(server_or_url, f"{chosen}_address", None)
     port = getattr(server_or_url, f"{chosen}_port", 1)
     if not address or port is None:
         raise InvalidInput(f"this server has no {chosen} endpoint", got=type(server_or_url).__name__,
                            hint=f"start it with its {chosen} endpoint, or pick another protocol")
     # Statistics from the core when it is here: exact and free of network noise.
-    return Target(protocol=chosen, address=address, core=core, token=token)
+    return Target(protocol=chosen, address=address, core=core, token=token, server=server_or_url)
