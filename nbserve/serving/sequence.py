@@ -541,7 +541,7 @@ class SequenceBatcher:
                 "too many concurrent sequences: every sequence slot is taken",
                 model=self.model,
                 expected=f"at most {self.capacity} active sequences ({self.instances} instance(s) x "
-                f"{self.per_instance} {'candidate sequences' if self.strategy == 'oldest' else 'slots'})",
+                f"{self.per_instance} {'candidate sequence' if self.strategy == 'oldest' else 'slot'}(s))",
                 got=f"a new sequence {seq_id!r} while {len(self._sequences)} are active",
                 hint="end finished sequences with sequence_end=True, lower max_sequence_idle_microseconds so idle "
                 f"ones are released sooner, or raise {what} or the instance count",

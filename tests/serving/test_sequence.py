@@ -144,6 +144,24 @@ def test_interleaved_sequences_keep_their_state_over_grpc(server):
     _run_interleaved(step, [11, 12, 13, 14, "g1", "g2"], steps=5, threads=3)
 
 
+def test_grpc_aio_engine_carries_sequences(monkeypatch):
+    """The grpc.aio engine (the fallback) goes through core.infer: unary and streamed sequences."""
+    monkeypatch.setenv("NBSERVE_GRPC_ENGINE", "aio")
+    reg = Registry()
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg)
+    aio_server = nbserve.Server(reg, http=False, metrics=False).start()
+    try:
+        client = grpcclient.InferenceServerClient(aio_server.grpc_address)
+        _run_interleaved(lambda model, seq, value, **flags: grpc_step(client, model, seq, value, **flags),
+                         [21, 22, "h"], steps=4, threads=1)
+        with pytest.raises(InferenceServerException, match="has not been started") as info:
+            grpc_step(client, "acc", 21, 1.0)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        aio_server.stop()
+        reg.clear()
+
+
 def test_interleaved_sequences_keep_their_state_in_process(server):
     def step(model, seq, value, **flags):
         return server.infer(model, {"x": np.full((1, 2), value, np.float32)}, sequence_id=seq, **flags)
@@ -326,7 +344,7 @@ def test_too_many_concurrent_sequences_is_refused(server):
     client = httpclient.InferenceServerClient(server.http_address)
     http_step(client, "acc_small", 9201, 1.0, sequence_start=True)
     http_step(client, "acc_small", 9202, 1.0, sequence_start=True)
-    pattern = r"too many concurrent sequences.*at most 2 active sequences \(1 instance\(s\) x 2 slots\).*sequence_end=True"
+    pattern = r"too many concurrent sequences.*at most 2 active sequences \(1 instance\(s\) x 2 slot\(s\)\).*sequence_end=True"
     with pytest.raises(InferenceServerException, match=pattern) as info:
         http_step(client, "acc_small", 9203, 1.0, sequence_start=True)
     assert info.value.status() == "503"
