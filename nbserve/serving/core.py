@@ -10,6 +10,7 @@ and can be called from any thread or loop (``infer`` awaits on the caller's loop
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import threading
@@ -31,6 +32,8 @@ from .ensemble_scheduler import EnsembleVersion, TimedFuture, Traced, start_trac
 from .stats import ModelStats
 
 __all__ = ["InferResult", "InferenceCore", "LoadedVersion", "EnsembleVersion", "Traced"]
+
+RECENT_REQUESTS = 4096  # per version: the window of LoadedVersion.recent
 
 EXTENSIONS = [
     "classification",
@@ -63,6 +66,8 @@ class LoadedVersion:
         self.output_names = [t.name for t in entry.config.output]
         self.check_inputs = InputChecker(entry.config, entry.version)
         self.stats = ModelStats()
+        # (end ns, duration ns) of the latest successful requests, for percentiles in dashboards.
+        self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=RECENT_REQUESTS)
         self.runner = entry.runner
         if entry.config.HasField("sequence_batching"):  # a stateful model: Triton's sequence batcher
             model_dir = repository / entry.name if repository is not None else None
@@ -112,6 +117,7 @@ class LoadedVersion:
             infer_ns=infer_done - input_done,
             output_ns=end - infer_done,
         )
+        self.recent.extend([(end, end - p.enqueue_ns) for p in batch])
         return results
 
     def _split(self, batch: list[Pending], outputs: Mapping[str, Any], rows: int) -> list[tuple[Pending, Any, None]]:
@@ -457,6 +463,14 @@ class InferenceCore:
             else:
                 selected = [v for name in sorted(self._routes) for _, v in sorted(self._routes[name].items())]
         return {"model_stats": [v.stats.to_json(v.name, v.version) for v in selected]}
+
+    def recent_latencies(self, model: str, version: int | str, since_ns: int = 0) -> list[int]:
+        """Durations in ns (queue + compute) of a version's latest successful requests that ended after
+        ``since_ns`` (``time.monotonic_ns``); at most ``RECENT_REQUESTS``. Read-only, for dashboards."""
+        with self._lock:
+            loaded = self._routes.get(model, {}).get(int(version))
+        recent = list(getattr(loaded, "recent", ()))  # an ensemble keeps none
+        return [duration for end, duration in recent if end > since_ns]
 
     def loaded_versions(self) -> list[LoadedVersion]:
         with self._lock:
