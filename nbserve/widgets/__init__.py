@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EnsembleBuilder", "Dashboard"]
+__all__ = ["EnsembleBuilder", "Dashboard", "SequenceStepper"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from .dashboard import Dashboard
 
         return Dashboard
+    if name == "SequenceStepper":
+        from .sequence_stepper import SequenceStepper
+
+        return SequenceStepper
     raise AttributeError(f"module 'nbserve.widgets' has no attribute {name!r}")

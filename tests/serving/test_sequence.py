@@ -580,6 +580,134 @@ def test_subprocess_mode_serves_the_exported_model(tmp_path):
         reg.clear()
 
 
+def test_direct_strategy_waits_for_minimum_slot_utilization():
+    """minimum_slot_utilization 1.0 with a long delay: a step runs only once every slot has one."""
+    reg = Registry()
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg,
+                      max_batch_size=2, sequence_batching={"direct": {"max_queue_delay_microseconds": 30_000_000,
+                                                                       "minimum_slot_utilization": 1.0}})
+    core = InferenceCore(reg)
+    core.start()
+    try:
+        async def run() -> list[float]:
+            first = asyncio.ensure_future(core.infer("acc", {"x": X}, sequence_id=1, sequence_start=True))
+            await asyncio.sleep(0)
+            assert not first.done()
+            second = await core.infer("acc", {"x": 3 * X}, sequence_id=2, sequence_start=True)
+            return [(await first).outputs["sum"][0, 0], second.outputs["sum"][0, 0]]
+
+        assert asyncio.run(run()) == [1.0, 3.0]
+        entry = core.model_statistics("acc")["model_stats"][0]
+        assert entry["execution_count"] == 1 and entry["batch_stats"][0]["batch_size"] == 2
+    finally:
+        core.close()
+        reg.clear()
+
+
+def test_close_ends_the_instance_threads():
+    reg = Registry()
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg,
+                      instances=2)
+    server = nbserve.Server(reg, http=False, grpc=False, metrics=False).start()
+    server.infer("acc", {"x": X}, sequence_id=1, sequence_start=True)
+    threads = server.core.threads()
+    assert len([t for t in threads if "-seq" in t.name]) == 2
+    server.stop()
+    assert not any(t.is_alive() for t in threads)
+    reg.clear()
+
+
+class _Oracle:
+    """What a running sum must answer, for any interleaving of starts, steps and ends."""
+
+    def __init__(self) -> None:
+        self.active: dict[int, float] = {}
+
+    def expect(self, seq: int, value: float, start: bool, end: bool) -> float | str:
+        if start and seq in self.active:
+            return "already active"
+        if not start and seq not in self.active:
+            return "has not been started"
+        total = (0.0 if start else self.active[seq]) + value
+        if end:
+            self.active.pop(seq, None)
+        else:
+            self.active[seq] = total
+        return total
+
+
+def test_any_interleaving_matches_the_oracle():
+    """Random starts, steps and ends of a few ids (with mistakes) against a plain-Python oracle."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    reg = Registry()
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg,
+                      max_batch_size=4, sequence_batching={"max_sequence_idle_microseconds": 600_000_000})
+    core = InferenceCore(reg)
+    core.start()
+    operations = st.lists(st.tuples(st.integers(1, 4), st.integers(0, 9), st.booleans(), st.booleans()),
+                          min_size=1, max_size=40)
+
+    @settings(max_examples=60, deadline=None)
+    @given(operations)
+    def check(ops):
+        oracle = _Oracle()
+        try:
+            for seq, value, start, end in ops:
+                expected = oracle.expect(seq, float(value), start, end)
+                try:
+                    got = core.infer_sync("acc", {"x": np.full((1, 2), value, np.float32)}, sequence_id=seq,
+                                          sequence_start=start, sequence_end=end).outputs["sum"][0, 0]
+                except InvalidInput as exc:
+                    assert isinstance(expected, str) and expected in str(exc), (expected, str(exc))
+                else:
+                    assert got == expected
+        finally:  # leave no sequence behind for the next example
+            for seq in list(oracle.active):
+                core.infer_sync("acc", {"x": X}, sequence_id=seq, sequence_end=True)
+
+    try:
+        check()
+    finally:
+        core.close()
+        reg.clear()
+
+
+def test_stepper_widget_buttons_and_http_address(server):
+    stepper = nbserve.SequenceStepper(server.http_address, "acc",
+                                      inputs=lambda step, state: {"x": np.full((1, 2), step + 1, np.float32)})
+    panel = stepper.widget()
+    buttons = {b.description: b for b in panel.children[0].children}
+    buttons["Step"].click()
+    buttons["Step"].click()
+    assert stepper.state["total"].tolist() == [[3.0, 3.0]]
+    buttons["End"].click()
+    assert stepper.ended and buttons["Step"].disabled
+    assert "ended, 3 steps" in panel.children[2].value
+    buttons["Restart"].click()
+    assert not stepper.ended and stepper.history == [] and not buttons["Step"].disabled
+    # a failing step shows its error in the panel instead of raising into the event loop
+    stepper.inputs = [{"x": np.ones((1, 3), np.float32)}]
+    buttons["Step"].click()
+    assert "wrong shape" in panel.children[1].value and stepper.history == []
+
+
+def test_stepper_reads_a_hidden_state_from_the_kernel():
+    reg = Registry()
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg,
+                      outputs=["sum"], expose_state=False)
+    with nbserve.serve(reg, http=False, grpc=False, metrics=False) as kernel:
+        stepper = nbserve.SequenceStepper(kernel, "acc", inputs=[{"x": X}, {"x": 2 * X}])
+        stepper.step()
+        stepper.step()
+        assert list(stepper.history[-1]["outputs"]) == ["sum"]
+        assert stepper.state["total"].tolist() == [3.0, 3.0]
+        with pytest.raises(nbserve.errors.ServerStateError, match="no inputs for this step"):
+            stepper.step()
+    reg.clear()
+
+
 def test_widget_free_stepper_in_process(server):
     stepper = nbserve.SequenceStepper(server, "acc", sequence_id=990)
     first = stepper.step({"x": X})
