@@ -43,8 +43,7 @@ class _CoreSource:
         rows = []
         for loaded in core.loaded_versions():
             stats = loaded.stats.to_json(loaded.name, loaded.version)
-            recent = getattr(core, "recent_latencies", None)
-            durations = recent(loaded.name, loaded.version, since_ns) if recent is not None else None
+            durations = core.recent_latencies(loaded.name, loaded.version, since_ns)
             rows.append(_row(loaded.name, str(loaded.version), "READY", "", stats,
                              getattr(loaded.batcher, "queue_depth", None), durations))
             states.pop((loaded.name, str(loaded.version)), None)
