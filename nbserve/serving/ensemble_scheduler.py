@@ -19,6 +19,7 @@ their batchers drop them before they run.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import threading
 import time
@@ -95,6 +96,8 @@ class EnsembleVersion:
         self.output_names = [t.name for t in entry.config.output]
         self.check_inputs = InputChecker(entry.config, entry.version)
         self.stats = ModelStats()
+        # (end ns, duration ns) of the latest successful requests, as LoadedVersion keeps for dashboards.
+        self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
         self.batcher = EnsembleScheduler(self, core)
 
     def close(self, *, drain: bool = True) -> None:
@@ -171,7 +174,7 @@ class _Run:
     """The state of one ensemble request (see the module docstring)."""
 
     __slots__ = ("scheduler", "pending", "timeout_us", "trace", "tensors", "waiting", "remaining", "lock",
-                 "futures", "over", "queue_ns", "compute_ns", "records")
+                 "futures", "over", "compute_ns", "records")
 
     def __init__(self, scheduler: EnsembleScheduler, pending: Pending, timeout_us: int, trace: dict[str, Any] | None) -> None:
         self.scheduler = scheduler
@@ -185,7 +188,6 @@ class _Run:
         self.lock = threading.Lock()
         self.futures: dict[int, TimedFuture] = {}
         self.over = False
-        self.queue_ns = 0
         self.compute_ns = 0
         self.records: dict[int, dict[str, Any]] | None = {} if trace is not None else None
 
@@ -242,7 +244,6 @@ class _Run:
                 del self.futures[index]
                 for model_output, tensor in step.outputs:
                     self.tensors[tensor] = result[model_output]
-                self.queue_ns += future.queue_ns
                 self.compute_ns += future.compute_ns
                 for dependent in step.dependents:
                     self.waiting[dependent] -= 1
@@ -276,10 +277,12 @@ class _Run:
                 self.trace["tensors"] = dict(self.tensors)
             end = time.monotonic_ns()
             rows = pending.rows
+            # As Triton counts an ensemble: no queue of its own, compute is the sum of its steps' compute.
             version.stats.record_batch(
-                requests=1, rows=rows, batch_size=rows if version.batched else 1, queue_ns=self.queue_ns,
+                requests=1, rows=rows, batch_size=rows if version.batched else 1, queue_ns=0,
                 request_ns=end - pending.enqueue_ns, input_ns=0, infer_ns=self.compute_ns, output_ns=0,
             )
+            version.recent.append((end, end - pending.enqueue_ns))
             resolve_all([(pending, outputs, None)])
         finally:
             scheduler._finished(self)

@@ -313,6 +313,22 @@ def test_metadata_config_and_statistics_over_the_network(server):
     assert grpc.get_inference_statistics("readability").model_stats[0].inference_stats.success.count >= 1
 
 
+def test_ensemble_statistics_count_as_triton_does(server):
+    """Triton reports an ensemble's requests and rows, no queue of its own, and its steps' compute summed."""
+    before = server.core.model_statistics("readability")["model_stats"][0]
+    step_before = server.core.model_statistics("bert")["model_stats"][0]["inference_stats"]["compute_infer"]["ns"]
+    for rows in (1, 3):
+        server.infer("readability", {"text": texts(rows), "weight": np.ones((rows, 1), np.float32)})
+    after = server.core.model_statistics("readability")["model_stats"][0]
+    step_after = server.core.model_statistics("bert")["model_stats"][0]["inference_stats"]["compute_infer"]["ns"]
+    stats, old = after["inference_stats"], before["inference_stats"]
+    assert after["inference_count"] - before["inference_count"] == 4
+    assert after["execution_count"] - before["execution_count"] == 2
+    assert stats["success"]["count"] - old["success"]["count"] == 2
+    assert stats["queue"]["ns"] == old["queue"]["ns"]
+    assert stats["compute_infer"]["ns"] - old["compute_infer"]["ns"] > step_after - step_before > 0
+
+
 def test_steps_follow_re_registration_and_removal(registry, server):
     register_once(registry, lambda x: x + 1, "swap_step", example=X)
     if "swapping" not in registry:
