@@ -123,7 +123,20 @@ class Ensemble:
 
     # --------------------------------------------------------------------- building
     def input(self, name: str, dtype: Any, dims: Any, *, optional: bool = False) -> Ensemble:
-        """Declare an ensemble input (``dims`` exclude the batch dimension); returns the ensemble."""
+        """Declare an ensemble input.
+
+        Args:
+            name: the input's name, which is also the ensemble tensor steps read it by.
+            dtype: a Triton data type ("FP32", "BYTES", ...) or a NumPy dtype.
+            dims: its shape without the batch dimension when the ensemble batches (-1: any size).
+            optional: requests may leave it out (as Triton's ``optional`` input).
+
+        Returns:
+            The ensemble, so that calls chain.
+
+        Raises:
+            ConfigError: a second input with that name, an unknown data type or invalid dims.
+        """
         spec = TensorSpec(name, dims, dtype, optional=optional)
         if name in self._inputs:
             raise ConfigError(f"ensemble input '{name}' is declared twice", model=self.name, tensor=name,
@@ -132,8 +145,16 @@ class Ensemble:
         return self
 
     def output(self, name: str, dtype: Any = None, dims: Any = None) -> Ensemble:
-        """Declare an ensemble output; its dtype and dims default to those of the step output that
-        writes it. Returns the ensemble."""
+        """Declare an ensemble output: the ensemble tensor of that name is returned to the client.
+
+        Args:
+            name: the ensemble tensor a step output writes.
+            dtype, dims: by default those of the model output that writes it (resolved against the
+                registry when the config is built); when given, they are checked against it.
+
+        Returns:
+            The ensemble, so that calls chain.
+        """
         if name in self._outputs:
             raise ConfigError(f"ensemble output '{name}' is declared twice", model=self.name, tensor=name,
                               hint="give every ensemble output a distinct name")
@@ -921,11 +942,6 @@ def ensemble_runner(config: ModelConfig, registry: Any) -> Any:
         return {name: tensors[name] for name in compiled.outputs}
 
     return run
-
-
-def check_config(config: ModelConfig, registry: Any) -> list[str]:
-    """Validate an ensemble config read from a repository against the models already read."""
-    return Ensemble.from_config(config).check(registry)
 
 
 # ----------------------------------------------------------------------------- registering and writing
