@@ -185,7 +185,9 @@ class SequenceStepper:
         status = "ended" if self.ended else "running" if self.started else "not started"
         title = (f"<b>{html.escape(self.model)}</b> sequence <code>{html.escape(str(self.sequence_id))}</code> "
                  f"({status}, {len(self.history)} step{'s' if len(self.history) != 1 else ''})")
-        return f"<div class='nbserve-sequence'>{title}<table>{head}{''.join(rows)}</table></div>"
+        style = "<style>.nbserve-sequence td, .nbserve-sequence th {padding: 2px 10px; text-align: left; " \
+                "vertical-align: top}</style>"
+        return f"<div class='nbserve-sequence'>{style}{title}<table>{head}{''.join(rows)}</table></div>"
 
     def _repr_html_(self) -> str:
         return self._table()
