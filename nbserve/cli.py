@@ -61,13 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="register tiny models of each installed framework, write and read a Triton repository",
-        description="Register a tiny model per installed framework, print the models and their "
-        "config.pbtxt, write them as a Triton model repository, read it back and check that every "
-        "read-back model gives the live object's outputs.",
+        help="the quickstart, headless: register tiny models, serve, infer, benchmark, export, validate",
+        description="The quickstart notebook without a notebook: register a tiny model per installed framework, "
+        "print the models and a config.pbtxt, serve them in this process, send a sample with tritonclient, "
+        "benchmark one over HTTP, export the production Triton repository and validate it, then read it back "
+        "and check that every model answers like the live object.",
     )
     parser.add_argument("--out", metavar="PATH",
-                        help="write the repository here and keep it (default: a temporary directory)")
+                        help="export the repository here and keep it (default: a temporary directory)")
     parser.add_argument("--frameworks", metavar="NAMES", default=None,
                         help="comma-separated subset of python,torch,onnx,trees (default: all that are installed)")
     parser.set_defaults(run=_demo)

@@ -1,8 +1,9 @@
-"""What ``nbserve demo`` runs: the notebook loop, headless, on tiny models of every installed framework.
+"""What ``nbserve demo`` runs: the quickstart notebook, headless, on tiny models of every installed
+framework, printing what a notebook user would see.
 
 Each step is a small function, run in order by :func:`run`::
 
-    register_models -> show_models -> write -> read_back -> compare
+    register_models -> show_models -> serve -> infer (tritonclient) -> benchmark -> export + validate -> compare
 
 A framework whose package is not installed is skipped with the pip extra that adds it; a framework
 that is installed must work, so any other failure stops the demo with a non-zero exit status.
@@ -14,14 +15,14 @@ import dataclasses
 import importlib.util
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .registry import Registry
-from .repository import read_repository, write_repository
+from .repository import read_repository
 
 __all__ = ["FRAMEWORKS", "DemoModel", "run"]
 
@@ -162,20 +163,79 @@ def register_models(registry: Registry, frameworks: Iterable[Framework], say: Ca
     return models
 
 
-def show_models(registry: Registry, say: Callable[[str], None]) -> None:
-    """The models table, then each model's config.pbtxt: what Triton will read."""
+def show_models(registry: Registry, models: Sequence[DemoModel], say: Callable[[str], None]) -> None:
+    """The models table, then the first model's config.pbtxt: what Triton will read (every model has one)."""
     say(repr(registry.models()))
-    for model in registry:
-        say(f"\n--- {model.name}/config.pbtxt")
-        say(model.pbtxt.rstrip())
+    if models:
+        first = registry.get(models[0].name)
+        say(f"\n--- {first.name}/config.pbtxt (what Triton reads; nbserve.get(name).pbtxt shows any model's)")
+        say(first.pbtxt.rstrip())
 
 
-def write(registry: Registry, path: Path, say: Callable[[str], None]) -> Path:
-    """The registry as a Triton model repository."""
-    repo = write_repository(path, registry)
-    for item in sorted(p for p in repo.rglob("*") if p.is_file()):
-        say(f"  {item.relative_to(repo)}  ({item.stat().st_size:,} bytes)")
-    return repo
+def serve(registry: Registry, say: Callable[[str], None]) -> Any:
+    """Start the embedded server in this process, as ``nbserve.serve()`` does in a notebook kernel."""
+    from .serving.server import Server
+
+    server = Server(registry).start()
+    say(f"  KServe v2 over HTTP at {server.http_url} and gRPC at {server.grpc_url}, Prometheus at "
+        f"{server.metrics_url} (ready in {server.ready_s:.2f} s)")
+    return server
+
+
+def infer(server: Any, registry: Registry, models: Sequence[DemoModel], say: Callable[[str], None]) -> bool:
+    """Send each sample with tritonclient over HTTP, as any Triton client would; True when every answer
+    equals the live object's."""
+    import tritonclient.http as httpclient
+
+    from .tensors import to_numpy
+
+    client = httpclient.InferenceServerClient(server.http_address)
+    all_match = True
+    try:
+        for model in models:
+            inputs = []
+            for name, value in model.sample.items():
+                array = np.asarray(value)
+                tensor = httpclient.InferInput(name, list(array.shape), _triton_dtype(array))
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            result = client.infer(model.name, inputs)
+            expected = registry.get(model.name).infer(model.sample)
+            got = {name: result.as_numpy(name) for name in expected}
+            same = all(_same(to_numpy(expected[n]), got[n]) for n in expected)
+            all_match &= same
+            if model is models[0]:  # show one request in full
+                say(f"  client.infer({model.name!r}, {_show(model.sample)})")
+                for name, value in got.items():
+                    say(f"    {name} = {_show_array(value)}")
+            else:
+                shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in got.items())
+                say(f"  client.infer({model.name!r}, ...) -> {shapes}")
+            say(f"    {'the same as' if same else 'DIFFERENT from'} calling the live object in this process")
+    finally:
+        client.close()
+    return all_match
+
+
+def benchmark(server: Any, model: str, say: Callable[[str], None]) -> Any:
+    """A short closed-loop benchmark over HTTP (perf_analyzer's table), about a second per level."""
+    from .bench.run import bench
+
+    run = bench(server, model, concurrency=[1, 4], protocol="http", measurement_interval_ms=300, warmup_s=0.1,
+                stability_windows=2, max_windows=3, live=False)
+    say(run.table())
+    return run
+
+
+def export_and_validate(registry: Registry, path: Path, say: Callable[[str], None]) -> Path:
+    """The production repository (README, kserve.yaml) via ``nbserve.export``, then ``nbserve.validate``."""
+    from .export.exporter import export
+    from .export.validate import validate
+
+    report = export(path, registry=registry, progress=False)
+    say(repr(report))
+    say(f"\n  nbserve.validate({str(report.path)!r}): {validate(report.path).summary()}")
+    return report.path
 
 
 def read_back(repo: Path, say: Callable[[str], None]) -> Registry:
@@ -201,6 +261,22 @@ def compare(live: Registry, loaded: Registry, models: Sequence[DemoModel], say: 
     return all_match
 
 
+def _triton_dtype(array: np.ndarray) -> str:
+    from .tensors import triton_dtype
+
+    return triton_dtype(array.dtype)
+
+
+def _show(sample: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{name!r}: {_show_array(np.asarray(v))}" for name, v in sample.items()) + "}"
+
+
+def _show_array(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return repr([[v.decode() if isinstance(v, bytes) else v for v in row] for row in array.reshape(len(array), -1).tolist()])
+    return np.array2string(array, precision=3, separator=", ", suppress_small=True).replace("\n", "")
+
+
 def _same(a: Any, b: Any) -> bool:
     if b is None:
         return False
@@ -217,30 +293,44 @@ def _same(a: Any, b: Any) -> bool:
 # ----------------------------------------------------------------------------- the sequence
 def run(out: str | Path | None = None, *, frameworks: Iterable[str] | None = None,
         say: Callable[[str], None] = print) -> int:
-    """Run every step; return the exit status (0 when every read-back model matches its live object).
+    """Run every step; return the exit status (0 when the server and the exported repository answer
+    like the live objects).
 
     Args:
-        out: where to write the repository; a temporary directory (removed afterwards) when None.
+        out: where to export the repository; a temporary directory (removed afterwards) when None.
         frameworks: names from :data:`FRAMEWORKS` to include (all by default).
         say: where progress lines go.
     """
     chosen = _choose(frameworks)
     registry = Registry()
     timer = _StepTimer(say)
-    with timer("register a tiny model per framework"):
+    say("nbserve demo: the quickstart notebook (notebooks/01-quickstart.ipynb), headless")
+    with timer("register a tiny model per framework (nbserve.register)"):
         models = register_models(registry, chosen, say)
-    with timer("the models and their Triton configs"):
-        show_models(registry, say)
+    with timer("the models and their Triton config (nbserve.models())"):
+        show_models(registry, models, say)
     with tempfile.TemporaryDirectory(prefix="nbserve-demo-") as scratch:
+        with timer("serve them in this process (nbserve.serve())"):
+            server = serve(registry, say)
+        try:
+            with timer("a sample inference with tritonclient over HTTP"):
+                served_ok = infer(server, registry, models, say)
+            bench_model = next((m.name for m in models if m.framework == "torch"), models[0].name)
+            with timer(f"benchmark {bench_model!r} over HTTP (nbserve.bench)"):
+                benchmark(server, bench_model, say)
+        finally:
+            server.stop()
         path = Path(out) if out is not None else Path(scratch) / "model_repository"
-        with timer(f"write the repository to {path}"):
-            repo = write(registry, path, say)
-        with timer("read it back"):
+        with timer(f"export the production repository to {path} (nbserve.export, nbserve.validate)"):
+            repo = export_and_validate(registry, path, say)
+        with timer("read the export back and run each sample through it"):
             loaded = read_back(repo, say)
-        with timer("run a sample through each read-back model"):
-            ok = compare(registry, loaded, models, say)
+            exported_ok = compare(registry, loaded, models, say)
         loaded.clear()
     registry.clear()
+    ok = served_ok and exported_ok
+    if out is not None:
+        say(f"\nThe repository stays in {path}: `nbserve serve {path}` serves it, and so does tritonserver.")
     say(f"\n{'all outputs match' if ok else 'some outputs differ'} ({timer.total_s:.1f} s)")
     return 0 if ok else 1
 
