@@ -49,7 +49,7 @@ class BenchSettings:
     max_windows: int = 10
     tick_s: float = 0.25
     halt_timeout_s: float = 10.0
-    batch_size: int = 1
+    batch_size: float = 1  # rows per request (an average when the given inputs differ)
 
     def __post_init__(self) -> None:
         checks = [
@@ -517,6 +517,7 @@ def bench(
     (2, True, True)
     """
     from .generator import make_generator
+    from .inputs import batched as batched_signature
     from .inputs import request_inputs
     from .target import resolve
     from ._transports import TransportSpec, encode_grpc, encode_http
@@ -530,8 +531,14 @@ def bench(
     target = resolve(server_or_url, protocol, token=token)
     version_text = "" if version in (None, "") else str(version)
     metadata = target.metadata(model, version_text)
-    data = request_inputs(metadata, data=inputs, batch_size=batch_size, shapes=shapes,
-                          max_batch_size=target.max_batch_size(model, version_text), seed=seed)
+    max_batch = target.max_batch_size(model, version_text)
+    data = request_inputs(metadata, data=inputs, batch_size=batch_size, shapes=shapes, max_batch_size=max_batch,
+                          seed=seed)
+    if inputs is not None:
+        # Rows per request come from the data given (perf_analyzer counts inferences as rows).
+        batched = max_batch > 0 if max_batch is not None else batched_signature(metadata)
+        rows = [int(next(iter(d.values())).shape[0]) if batched and d else 1 for d in data]
+        settings = dataclasses.replace(settings, batch_size=sum(rows) / len(rows))
     if target.protocol == "http":
         payloads: tuple[Any, ...] = tuple(encode_http(model, version_text, target.address, d, target.token) for d in data)
     elif target.protocol == "grpc":
