@@ -171,6 +171,23 @@ def reset_distributions() -> None:
     _DISTRIBUTIONS = None
 
 
+def _distributions_of(top: str) -> list[str]:
+    """Distributions that install the import name ``top``.
+
+    Most packages are distributed under their import name (numpy, torch, cloudpickle), which one
+    metadata lookup confirms; only the others (sklearn -> scikit-learn) need the scan of every
+    installed distribution that ``packages_distributions`` does (about a second on a big environment).
+    """
+    try:
+        found = importlib.metadata.distribution(top)
+    except importlib.metadata.PackageNotFoundError:
+        return list(_distributions().get(top, ()))
+    provided = (found.read_text("top_level.txt") or "").split()
+    if not provided or top in provided:
+        return [found.metadata["Name"]]
+    return list(_distributions().get(top, ()))
+
+
 def _nested_code(code: types.CodeType) -> Iterable[types.CodeType]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
@@ -272,12 +289,11 @@ def modules_of_model_dir(model_dir: Path, live: Any = None) -> set[str]:
 # ----------------------------------------------------------------------------- modules -> distributions
 def requirements_for(modules: Iterable[str]) -> list[Requirement]:
     """Pinned distributions for module names; the standard library and Triton's own are left out."""
-    by_module = _distributions()
     chosen: dict[str, Requirement] = {}
     for top in sorted({m.split(".")[0] for m in modules if m}):
         if top in _PROVIDED or top in sys.stdlib_module_names or top.startswith("_"):
             continue
-        for distribution in by_module.get(top, ()):
+        for distribution in _distributions_of(top):
             key = distribution.lower().replace("_", "-")
             if key in chosen:
                 continue

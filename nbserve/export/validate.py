@@ -111,7 +111,7 @@ class Issue:
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
         subject = " ".join(p for p in (f"model '{self.model}'" if self.model else "", self.field or "") if p)
-        text = f"{where}: {self.severity}: {subject + ': ' if subject else ''}{self.message}"
+        text = f"{where}: {self.severity}: {subject + ': ' if subject else ''}{self.message.rstrip('.')}"
         return f"{text}. Fix: {self.fix}" if self.fix else text
 
 
@@ -186,9 +186,10 @@ def validate(path: str | os.PathLike[str]) -> ValidationReport:
     >>> import tempfile, pathlib
     >>> repo = pathlib.Path(tempfile.mkdtemp())
     >>> (repo / "m").mkdir()
-    >>> _ = (repo / "m" / "config.pbtxt").write_text('backend: "python"\\nmax_batch_size: 0\\n')
+    >>> _ = (repo / "m" / "config.pbtxt").write_text(
+    ...     'backend: "python"\\nmax_batch_size: 0\\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]\\n')
     >>> print(validate(repo).errors[0])  # doctest: +ELLIPSIS
-    .../m/config.pbtxt: error: model 'm' output: a model needs at least one output...
+    .../m: error: model 'm': the model has no version folder. Fix: create m/1/ and put the model file in it
     """
     linter = _Linter(Path(path))
     linter.run()
@@ -252,7 +253,9 @@ class _Linter:
 
     def add(self, severity: str, code: str, path: Path, message: str, fix: str = "", *, model: str | None = None,
             field: str | None = None, line: int | None = None) -> None:
-        self.issues.append(Issue(severity, code, self._rel(path), message, fix, model, field, line))
+        issue = Issue(severity, code, self._rel(path), message, fix, model, field, line)
+        if issue not in self.issues:  # e.g. one batch problem seen from every tensor of the graph
+            self.issues.append(issue)
 
     # --------------------------------------------------------------------- repository
     def run(self) -> None:
@@ -276,9 +279,15 @@ class _Linter:
         name = folder.name
         if not config_file.is_file():
             guess = self._guess_setting(folder)
-            self.add(ERROR, "no-config", config_file, "the model folder has no config.pbtxt",
-                     f"write {config_file.name} with name: \"{name}\"" + (f" and {guess}" if guess else "")
-                     + ", its inputs, outputs and max_batch_size", model=name)
+            fix = (f"write {config_file.name} with name: \"{name}\"" + (f" and {guess}" if guess else "")
+                   + ", its inputs, outputs and max_batch_size")
+            if guess is None:
+                self.add(ERROR, "no-config", config_file, "the model folder has no config.pbtxt, and no model file "
+                         "Triton could build one from", fix, model=name)
+            else:
+                self.add(WARNING, "no-config", config_file, "the model folder has no config.pbtxt: Triton "
+                         "auto-completes one from the model file, so batching, instances and tensors are not "
+                         "what you chose", fix, model=name)
             return
         text = config_file.read_text(errors="replace")
         config = ModelConfig()
@@ -329,10 +338,15 @@ class _Linter:
             return "ensemble"
         if not platform and not backend:
             guess = self._guess_setting(model.folder)
-            self.add(ERROR, "no-backend", path, "neither platform nor backend says which backend runs the model",
-                     f"add {guess}" if guess else 'add backend: "python" (or the platform of the model file)',
-                     model=name, field="platform/backend", line=1)
-            return "unknown"
+            if guess is None:
+                self.add(ERROR, "no-backend", path, "neither platform nor backend says which backend runs the model",
+                         'add backend: "python" (or the platform of the model file)', model=name,
+                         field="platform/backend", line=1)
+                return "unknown"
+            # Triton's auto-complete picks the backend from the model file's name; say it explicitly.
+            self.add(WARNING, "no-backend", path, "neither platform nor backend is set, so Triton guesses the "
+                     "backend from the model file", f"add {guess}", model=name, field="platform/backend", line=1)
+            return _kind_of_setting(guess)
         if platform and platform not in PLATFORM_BACKENDS:
             close = _close(platform, list(PLATFORM_BACKENDS) + ["ensemble"])
             self.add(ERROR, "unknown-platform", path, f'unknown platform "{platform}"{close}',
@@ -340,11 +354,13 @@ class _Linter:
                      model=name, field="platform", line=platform_line)
             return "unknown"
         if platform and backend and PLATFORM_BACKENDS[platform] != backend:
-            self.add(ERROR, "platform-backend-mismatch", path,
-                     f'platform "{platform}" is run by backend "{PLATFORM_BACKENDS[platform]}", not "{backend}"',
-                     f'drop backend, or set backend: "{PLATFORM_BACKENDS[platform]}"', model=name, field="backend",
+            # Triton loads the model with the backend and ignores the platform: the config says two things.
+            self.add(WARNING, "platform-backend-mismatch", path,
+                     f'platform "{platform}" is run by backend "{PLATFORM_BACKENDS[platform]}", not "{backend}"; '
+                     f'Triton uses backend "{backend}" and ignores the platform',
+                     f'drop platform, or set backend: "{PLATFORM_BACKENDS[platform]}"', model=name, field="backend",
                      line=backend_line)
-        if platform:
+        elif platform:
             return platform
         if backend not in KNOWN_BACKENDS:
             self.add(WARNING, "unknown-backend", path,
@@ -358,7 +374,11 @@ class _Linter:
     def lint_tensors(self, model: _Model) -> None:
         config, path, name, text = model.config, model.config_file, model.folder.name, model.text
         if not config.output:
-            self.add(ERROR, "no-outputs", path, "a model needs at least one output",
+            # The Python backend may declare outputs in auto_complete_config; every other backend needs them.
+            python = config.backend == "python"
+            self.add(WARNING if python else ERROR, "no-outputs", path,
+                     "declares no output" + (" (only auto_complete_config in model.py could add them)" if python
+                                             else "; a model needs at least one"),
                      'add output [ { name: "...", data_type: TYPE_FP32, dims: [ ... ] } ]', model=name,
                      field="output")
         if not config.input and config.platform in PLATFORM_BACKENDS:
@@ -374,8 +394,10 @@ class _Linter:
                              model=name, field=kind)
                     continue
                 if t.name in seen:
-                    self.add(ERROR, "duplicate-tensor", path, f"{kind} '{t.name}' is declared twice",
-                             f"give every {kind} its own name", model=name, field=field, line=line)
+                    # Triton 2.51 loads it; the second declaration silently shadows the first.
+                    self.add(WARNING, "duplicate-tensor", path, f"{kind} '{t.name}' is declared twice (the "
+                             "second declaration shadows the first)", f"give every {kind} its own name, or "
+                             "delete the copy", model=name, field=field, line=line)
                 seen.add(t.name)
                 if t.data_type == model_config_pb2().TYPE_INVALID:
                     self.add(ERROR, "no-data-type", path, "has no data_type",
@@ -410,14 +432,15 @@ class _Linter:
         db = config.dynamic_batching
         db_line = _line_of(text, r"dynamic_batching")
         if config.platform == "ensemble":
-            self.add(WARNING, "ensemble-scheduler", path, "ensembles do not batch dynamically themselves",
+            self.add(ERROR, "ensemble-scheduler", path, "an ensemble cannot have dynamic_batching",
                      "drop dynamic_batching here; put it on the step models", model=name,
                      field="dynamic_batching", line=db_line)
             return
         if config.max_batch_size <= 0:
-            self.add(ERROR, "batching-needs-max-batch-size", path, "dynamic_batching needs max_batch_size > 0",
-                     "set max_batch_size (e.g. 64) or drop dynamic_batching", model=name,
-                     field="dynamic_batching", line=db_line or mbs_line)
+            # Triton loads it, and nothing is batched: the setting does nothing.
+            self.add(WARNING, "batching-needs-max-batch-size", path, "dynamic_batching needs max_batch_size > 0 "
+                     "and does nothing without it", "set max_batch_size (e.g. 64) or drop dynamic_batching",
+                     model=name, field="dynamic_batching", line=db_line or mbs_line)
             return
         for size in db.preferred_batch_size:
             if size < 1 or size > config.max_batch_size:
@@ -442,7 +465,7 @@ class _Linter:
     def lint_instances(self, model: _Model) -> None:
         config, path, name = model.config, model.config_file, model.folder.name
         if config.platform == "ensemble" and config.instance_group:
-            self.add(WARNING, "ensemble-scheduler", path, "ensembles have no instances of their own",
+            self.add(ERROR, "ensemble-scheduler", path, "an ensemble cannot have instance groups",
                      "drop instance_group here; set it on the step models", model=name, field="instance_group",
                      line=_line_of(model.text, r"instance_group"))
         for group in config.instance_group:
@@ -466,8 +489,8 @@ class _Linter:
         available = sorted(model.versions)
         if not available:
             if kind == "ensemble":
-                self.add(WARNING, "no-version", folder, "the ensemble has no version folder",
-                         f"create an empty folder {name}/1 (Triton looks for one)", model=name)
+                self.add(ERROR, "no-version", folder, "the ensemble has no version folder",
+                         f"create an empty folder {name}/1 (Triton needs one for ensembles too)", model=name)
             else:
                 self.add(ERROR, "no-version", folder, "the model has no version folder",
                          f"create {name}/1/ and put the model file in it", model=name)
@@ -497,8 +520,8 @@ class _Linter:
             present = sorted(p.name for p in version_dir.iterdir())
             other = next((p for p in present if p in FILE_SETTINGS and p != default), None)
             if other is not None:
-                self.add(ERROR, "file-backend-mismatch", target,
-                         f"{kind} loads {target.name}, but the version folder holds {other}",
+                self.add(ERROR, "file-backend-mismatch", model.config_file,
+                         f"{kind} loads {target.name}, but the version folder {version_dir.name}/ holds {other}",
                          f"set {FILE_SETTINGS[other]} in config.pbtxt, or put a {target.name} there",
                          model=name, field="platform" if config.platform else "backend",
                          line=_line_of(model.text, r"^\s*(platform|backend)\s*:"))
@@ -546,7 +569,8 @@ class _Linter:
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
         except Exception as exc:  # a corrupt file: say so rather than crash the linter
-            self.add(ERROR, "model-file-unreadable", target, f"onnx cannot read the model: {type(exc).__name__}: {exc}",
+            self.add(ERROR, "model-file-unreadable", target,
+                     f"onnx cannot read the model: {type(exc).__name__}: {_first_sentence(exc)}",
                      "re-export the model", model=name)
             return
         initializers = {i.name for i in graph.initializer}
@@ -641,7 +665,7 @@ class _Linter:
             if all(i is not None for i in indices):
                 self._check_indices(model, "input", inputs, indices)
             else:
-                odd = next(n for n, i in zip(inputs, indices) if i is None)
+                odd = next(n for n, i in zip(inputs, indices) if i is None and n not in (forward_args or ()))
                 args = f"forward()'s argument names ({', '.join(forward_args)})" if forward_args else "forward()'s argument names"
                 self.add(WARNING, "torch-naming", model.config_file,
                          f"'{odd}' is neither one of {args} nor <name>__<index>, so the PyTorch backend binds "
@@ -677,7 +701,7 @@ class _Linter:
             module = torch.jit.load(str(target), map_location="cpu")
         except Exception as exc:  # not TorchScript, or saved by a newer torch
             self.add(ERROR, "model-file-unreadable", target,
-                     f"torch.jit.load cannot read it: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                     f"torch.jit.load cannot read it: {type(exc).__name__}: {_first_sentence(exc)}",
                      "save a TorchScript module (torch.jit.script or torch.jit.trace, then torch.jit.save)",
                      model=model.folder.name)
             return None
@@ -784,9 +808,9 @@ class _Linter:
                 forest = treelite.Model.deserialize(str(target))
         except Exception as exc:  # a file in another format than model_type says
             self.add(ERROR, "model-file-unreadable", target,
-                     f"Treelite cannot read it as {model_type}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                     "set model_type to the file's format", model=name, field="parameters.model_type",
-                     line=_line_of(text, r'"model_type"'))
+                     f"Treelite cannot read it as {model_type}: {type(exc).__name__}: {_first_sentence(exc)}",
+                     "check that model_type names the file's format, and that the file is a saved model",
+                     model=name, field="parameters.model_type")
             return
         inputs = [t for t in config.input if t.name == "input__0"]
         features = int(forest.num_feature)
@@ -872,7 +896,7 @@ class _Linter:
                 self.add(ERROR, "ensemble-wiring", path, f"ensemble output '{t.name}' is not written by any step",
                          f'map a step output to it: output_map {{ key: "<step output>" value: "{t.name}" }}',
                          model=name, field=f"output '{t.name}'", line=_line_of(text, _tensor_pattern(t.name)))
-            else:
+            elif t.name in produced:
                 self._compare(model, t, produced[t.name], f"ensemble output '{t.name}'",
                               step_batched=config.max_batch_size > 0)
         for t in config.input:
@@ -948,3 +972,16 @@ def _product(values: Iterable[int]) -> int:
     for v in values:
         result *= int(v)
     return result
+
+
+def _kind_of_setting(setting: str) -> str:
+    """``platform: "onnxruntime_onnx"`` / ``backend: "fil" (...)`` -> the kind lint_files checks."""
+    value = setting.split('"')[1]
+    return value
+
+
+def _first_sentence(exc: BaseException, limit: int = 200) -> str:
+    """The first sentence of a framework's error (they run to paragraphs), without C++ source locations."""
+    text = re.sub(r"\[[0-9:]+\] \S+:\d+: ", "", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    sentence = text.split(". ")[0]
+    return sentence[:limit].rstrip(".")
