@@ -62,7 +62,7 @@ _NUMPY_BY_WIRE: dict[str, np.dtype] = {row.name: row.numpy for row in DTYPES.val
 _WIRE_BY_NUMPY: dict[np.dtype, str] = {dt: name for name, dt in _NUMPY_BY_WIRE.items() if name != "BYTES"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DecodedRequest:
     """What the servicer hands the core for one ``ModelInferRequest``."""
 
@@ -111,18 +111,21 @@ def _parameters(params: Mapping[str, Any]) -> dict[str, Any]:
 def decode_infer_request(request: Any) -> DecodedRequest:
     """Decode a ``service_pb2.ModelInferRequest``; raises InvalidInput for malformed tensors."""
     model = request.model_name
-    params = _parameters(request.parameters) if request.parameters else {}
-    priority = params.pop(_PRIORITY, 0) or 0
-    timeout_us = params.pop(_TIMEOUT, 0) or 0
-    for key, value in ((_PRIORITY, priority), (_TIMEOUT, timeout_us)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(
-                f"request parameter '{key}' must be a non-negative integer",
-                model=model,
-                got=repr(value),
-                hint=f"send parameters['{key}'] as int64_param or uint64_param"
-                + (" in microseconds" if key == _TIMEOUT else ""),
-            )
+    priority = timeout_us = 0
+    params: dict[str, Any] = {}
+    if request.parameters:
+        params = _parameters(request.parameters)
+        priority = params.pop(_PRIORITY, 0) or 0
+        timeout_us = params.pop(_TIMEOUT, 0) or 0
+        for key, value in ((_PRIORITY, priority), (_TIMEOUT, timeout_us)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidInput(
+                    f"request parameter '{key}' must be a non-negative integer",
+                    model=model,
+                    got=repr(value),
+                    hint=f"send parameters['{key}'] as int64_param or uint64_param"
+                    + (" in microseconds" if key == _TIMEOUT else ""),
+                )
     outputs = None
     classification: dict[str, int] = {}
     if request.outputs:
@@ -197,6 +200,18 @@ def decode_inputs(request: Any, *, model: str = "") -> dict[str, np.ndarray]:
             )
         datatype = tensor.datatype
         shape = tuple(tensor.shape)
+        if n_raw:
+            # The common case (tritonclient, perf_analyzer): a fixed-size type whose raw bytes fit.
+            dtype = _NUMPY_BY_WIRE.get(datatype)
+            if dtype is not None and datatype != "BYTES":
+                count, negative = 1, False
+                for dim in shape:
+                    count *= dim
+                    negative = negative or dim < 0
+                raw = raw_contents[index]
+                if not negative and len(raw) == count * dtype.itemsize and not tensor.HasField("contents"):
+                    out[name] = np.frombuffer(raw, dtype).reshape(shape)
+                    continue
         for dim in shape:
             if dim < 0:
                 raise InvalidInput("has a negative dimension", model=model_name, tensor=name, got=list(shape),

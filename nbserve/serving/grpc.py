@@ -5,13 +5,18 @@ through the generated ``add_GRPCInferenceServiceServicer_to_server``, so method 
 (de)serializers come from Triton's own proto. Two engines can serve it on the server's event loop:
 
 * ``"native"`` (the default where available): :mod:`nbserve.serving._grpc_engine`, which drives
-  grpc's C core directly and costs a fraction of grpc.aio's CPU per call (see that module);
-* ``"aio"``: a plain ``grpc.aio`` server, the fallback, and the only engine that offers
-  ``ModelStreamInfer`` for now.
+  grpc's C core directly. Its ModelInfer goes from grpc's polling thread straight to the batcher
+  (:func:`make_direct_infer`), and the answers of a batch come back to the loop together. On the
+  2-core reference machine (perf_analyzer, DESIGN.md's MLP) it serves 0.6-0.95x Triton's gRPC
+  throughput, where grpc.aio manages 0.3-0.7x at 3-4x the CPU per request;
+* ``"aio"``: a plain ``grpc.aio`` server, the fallback when grpc's C-core layer is not usable.
 
-``NBSERVE_GRPC_ENGINE=aio`` (or ``native``) overrides the choice. Errors map each nbserve error's
-``grpc_status`` to the call's status code, with the error's message (which names the fix) as
-details. Shared memory, trace and log settings answer UNIMPLEMENTED.
+Environment: ``NBSERVE_GRPC_ENGINE=aio`` (or ``native``) overrides the choice;
+``NBSERVE_GRPC_DIRECT=0`` sends the native engine's ModelInfer through the servicer on the loop
+(a diagnostic switch). Errors map each nbserve error's ``grpc_status`` to the call's status code,
+with the error's message (which names the fix) as details. ModelStreamInfer answers each request
+in the stream, errors in ``error_message``. Shared memory, trace and log settings answer
+UNIMPLEMENTED.
 
 Example (what ``nbserve.serve()`` does on its loop)::
 
@@ -518,12 +523,22 @@ async def start_grpc(
             direct_infer = make_direct_infer(core, asyncio.get_running_loop(), token=token)
             if direct_infer is not None:
                 direct[b"/inference.GRPCInferenceService/ModelInfer"] = direct_infer
-        server: Any = NativeServer(handlers, asyncio.get_running_loop(), options, direct=direct)
-        bound = server.add_insecure_port(address)
-        if not bound:
-            raise ServerStateError(f"cannot listen for gRPC on {address}", hint="choose another port, or 0 for a free one")
-        server.start()
-        return GrpcEndpoint(bound, chosen, server)
+        try:
+            server: Any = NativeServer(handlers, asyncio.get_running_loop(), options, direct=direct)
+        except (TypeError, AttributeError, ValueError) as exc:
+            # grpc's private layer changed shape in this grpcio: serve with grpc.aio instead.
+            if (engine or os.environ.get("NBSERVE_GRPC_ENGINE") or "auto").lower() == "native":
+                raise ConfigError("the native gRPC engine cannot drive this grpcio", got=_grpcio_version(),
+                                  hint="use NBSERVE_GRPC_ENGINE=aio") from exc
+            _LOGGER.warning("native gRPC engine unavailable (%s); using grpc.aio", exc)
+            chosen = "aio"
+        else:
+            bound = server.add_insecure_port(address)
+            if not bound:
+                raise ServerStateError(f"cannot listen for gRPC on {address}",
+                                       hint="choose another port, or 0 for a free one")
+            server.start()
+            return GrpcEndpoint(bound, chosen, server)
 
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

@@ -29,6 +29,8 @@ from nbserve.registry import Registry
 from nbserve.tensors import DTYPES, TensorSpec
 
 ENGINES = ["native", "aio"]
+# The native engine answers ModelInfer off the loop (direct) unless NBSERVE_GRPC_DIRECT=0.
+SERVER_VARIANTS = ["native", "native-loop", "aio"]
 NUMERIC = [name for name in DTYPES if name != "BYTES"]
 
 
@@ -89,16 +91,19 @@ def build_registry(gate: Gate) -> Registry:
 
 
 def start_server(registry: Registry, engine: str, **options: Any):
-    """nbserve.Server with the gRPC engine chosen through NBSERVE_GRPC_ENGINE (read at start-up)."""
-    previous = os.environ.get("NBSERVE_GRPC_ENGINE")
-    os.environ["NBSERVE_GRPC_ENGINE"] = engine
+    """nbserve.Server with the gRPC engine chosen through the environment (read at start-up)."""
+    settings = {"NBSERVE_GRPC_ENGINE": engine.split("-")[0],
+                "NBSERVE_GRPC_DIRECT": "0" if engine.endswith("-loop") else "1"}
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         return nbserve.Server(registry, http=False, metrics=False, **options).start()
     finally:
-        if previous is None:
-            os.environ.pop("NBSERVE_GRPC_ENGINE", None)
-        else:
-            os.environ["NBSERVE_GRPC_ENGINE"] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +111,7 @@ def gate() -> Gate:
     return Gate()
 
 
-@pytest.fixture(scope="module", params=ENGINES)
+@pytest.fixture(scope="module", params=SERVER_VARIANTS)
 def server(request, gate):
     reg = build_registry(gate)
     server = start_server(reg, request.param)
@@ -379,6 +384,31 @@ def test_stream_infer(server):
     assert "unknown model" in error.message() and "model 'nope'" in error.message()
 
 
+def test_stream_infer_with_the_aio_client(server):
+    async def scenario():
+        client = aioclient.InferenceServerClient(server.grpc_address)
+
+        async def requests():
+            for i in range(3):
+                yield {"model_name": "double", "request_id": f"a{i}",
+                       "inputs": [infer_input("x", np.full((1, 4), i, np.float32), "FP32")]}
+
+        got = {}
+        try:
+            async for result, error in client.stream_infer(requests()):
+                assert error is None, error
+                got[result.get_response().id] = result.as_numpy("y")
+                if len(got) == 3:
+                    break
+        finally:
+            await client.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert sorted(got) == ["a0", "a1", "a2"]
+    np.testing.assert_array_equal(got["a2"], np.full((1, 4), 4, np.float32))
+
+
 # ----------------------------------------------------------------------------- statistics and repository
 def test_statistics(client):
     client.infer("double", [infer_input("x", np.ones((3, 4), np.float32), "FP32")])
@@ -647,7 +677,55 @@ def test_message_over_limit_is_resource_exhausted(guarded_server):
         client.close()
 
 
-# ----------------------------------------------------------------------------- lifecycle
+# ----------------------------------------------------------------------------- engines and lifecycle
+def test_engine_choice():
+    from nbserve.errors import ConfigError
+    from nbserve.serving import _grpc_engine
+    from nbserve.serving.core import InferenceCore
+    from nbserve.serving.grpc import start_grpc
+
+    reg = Registry()
+    reg.register(_identity, name="echo", inputs=[TensorSpec("x", [-1], "FP32")],
+                 outputs=[TensorSpec("y", [-1], "FP32")], max_batch_size=8)
+    core = InferenceCore(reg)
+    core.start()
+
+    async def scenario():
+        chosen = []
+        for engine in ("auto", "native", "aio"):
+            endpoint = await start_grpc(core, "127.0.0.1", 0, engine=engine)
+            chosen.append(endpoint.engine)
+            # The endpoint serves on this loop: the client must not block it.
+            client = aioclient.InferenceServerClient(f"127.0.0.1:{endpoint.port}")
+            assert await client.is_model_ready("echo")
+            result = await client.infer("echo", [infer_input("x", np.ones((1, 2), np.float32), "FP32")])
+            assert result.as_numpy("y").tolist() == [[1.0, 1.0]]
+            await client.close()
+            await endpoint.close()
+            await endpoint.close()  # idempotent
+        with pytest.raises(ConfigError, match="unknown gRPC engine 'bogus'"):
+            await start_grpc(core, "127.0.0.1", 0, engine="bogus")
+        return chosen
+
+    try:
+        assert asyncio.run(scenario()) == ["native" if _grpc_engine.available() else "aio", "native", "aio"]
+    finally:
+        core.close()
+        reg.clear()
+
+
+def test_port_in_use_names_the_fix():
+    from nbserve.errors import ServerStateError
+
+    reg = Registry()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for engine in ENGINES:
+            with pytest.raises(ServerStateError, match="choose another port"):
+                start_server(reg, engine, grpc_port=port)
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_endpoint_closes_its_port_and_thread(engine):
     reg = Registry()
