@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, config_from, mc, validate, validate_name
-from .errors import ConfigError, InferenceError, ModelNotFound, ModelNotReady, NbserveError
+from .errors import ConfigError, InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NbserveError
 from .tensors import TensorSpec, config_dtype, triton_dtype
 
 __all__ = [
@@ -920,6 +920,20 @@ def _standard_error(cls: type) -> bool:
     return not issubclass(cls, MissingDependency)
 
 
+def step_arrays(ensemble: str, step: PlannedStep, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's inputs by model input name, from the ensemble tensors.
+
+    Raises:
+        InvalidInput: an optional ensemble input the step reads was left out of the request.
+    """
+    try:
+        return {model_input: tensors[tensor] for model_input, tensor in step.inputs}
+    except KeyError as exc:
+        tensor = exc.args[0]
+        raise InvalidInput(f"the request left out this optional input, which {step.label} reads", model=ensemble,
+                           tensor=tensor, hint=f"send '{tensor}' with the request") from None
+
+
 def ensemble_runner(config: ModelConfig, registry: Any) -> Any:
     """A runner for direct calls without a server: the steps run one after another, in an order
     where each step's inputs exist, each through its model's checked ``infer``.
@@ -932,8 +946,8 @@ def ensemble_runner(config: ModelConfig, registry: Any) -> Any:
         tensors = dict(inputs)
         for index in compiled.order:
             step = compiled.steps[index]
-            step_inputs = {model_input: tensors[tensor] for model_input, tensor in step.inputs}
             try:
+                step_inputs = step_arrays(config.name, step, tensors)
                 result = registry.get(step.model).get_version(step.version).infer(step_inputs)
                 for model_output, tensor in step.outputs:
                     tensors[tensor] = result[model_output]

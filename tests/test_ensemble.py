@@ -14,10 +14,11 @@ import nbserve
 from nbserve import _tritonserver
 from nbserve.config import parse, render
 from nbserve.ensemble import Ensemble, Step, plan
-from nbserve.errors import ConfigError, InferenceError, ModelNotReady
+from nbserve.errors import ConfigError, InferenceError, InvalidInput, ModelNotReady
 from nbserve.repository import read_repository, write_repository
 
 ROOT = Path(__file__).resolve().parents[1]
+X2 = np.ones((1, 2), "float32")
 
 
 def load_readability():
@@ -319,6 +320,16 @@ def test_direct_runner_names_the_failing_step(models):
     models.remove("fragile")
     with pytest.raises(ModelNotReady, match="step 'fragile' failed"):
         registered.infer({"x": np.ones((1, 2), "float32")})
+
+
+def test_an_optional_input_left_out_is_named(models):
+    ens = Ensemble("e", max_batch_size=8).input("x", "FP32", [2]).input("bias", "FP32", [2], optional=True)
+    registered = models.register(ens.step("add", {"a": "x", "b": "bias"}, {"output_0": "y"}).output("y"))
+    assert registered.config.input[1].optional
+    assert registered.infer({"x": X2, "bias": X2})["y"].tolist() == [[2, 2]]
+    with pytest.raises(InvalidInput, match=r"step 'add' failed: tensor 'bias' of model 'e': the request left out this "
+                                           r"optional input, which step 'add' reads. Fix: send 'bias'"):
+        registered.infer({"x": X2})
 
 
 def test_plan(models):

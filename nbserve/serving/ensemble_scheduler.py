@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..ensemble import Plan, PlannedStep, plan, step_error
+from ..ensemble import Plan, PlannedStep, plan, step_arrays, step_error
 from ..errors import ModelNotReady
 from ..requests import InputChecker
 from .batcher import Closed, Pending, resolve_all
@@ -203,7 +203,7 @@ class _Run:
                 return
             step = steps[index]
             try:
-                inputs = {model_input: self.tensors[tensor] for model_input, tensor in step.inputs}
+                inputs = step_arrays(self.scheduler.version.name, step, self.tensors)
                 priority = self._priority(step)
                 loaded, request = core._prepare(step.model, inputs, step.version, step.output_names, priority)
                 future = TimedFuture(lambda f, result, error, i=index: self.step_done(i, f, result, error))

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 import nbserve
-from nbserve.errors import InferenceError, ModelNotReady
+from nbserve.errors import InferenceError, InvalidInput, ModelNotReady
 from nbserve.serving.core import Traced
 from nbserve.serving.server import Server
 from nbserve.tensors import triton_dtype
@@ -345,6 +345,21 @@ def test_steps_follow_re_registration_and_removal(registry, server):
     registry.remove("swap_step")
     with pytest.raises(ModelNotReady, match=r"model 'swapping' v1: step 'swap_step' failed: .*swap_step"):
         server.infer("swapping", {"x": X})
+
+
+def test_an_optional_input_left_out_fails_the_step_that_reads_it(caller, registry, server):
+    register_once(registry, lambda a, b: a - b, "o_sub", example={"a": X, "b": X})
+    if "optional" not in registry:
+        ens = nbserve.Ensemble("optional", max_batch_size=8).input("x", "FP32", [2])
+        ens.input("offset", "FP32", [2], optional=True)
+        registry.register(ens.step("o_sub", {"a": "x", "b": "offset"}, {"output_0": "y"}).output("y"))
+    wait_until_served(server, "optional")
+    assert caller.infer("optional", {"x": X, "offset": X}, ["y"])["y"].tolist() == [[0.0, 0.0]]
+    error_type = InvalidInput if caller.module is None else InferenceServerException
+    with pytest.raises(error_type, match="step 'o_sub' failed: .*left out this optional input") as info:
+        caller.infer("optional", {"x": X}, ["y"])
+    if caller.protocol == "http":
+        assert info.value.status() == "400"
 
 
 def test_priority_and_requested_outputs(server):
