@@ -29,8 +29,8 @@ from ._layout import layered_layout
 
 __all__ = ["EnsembleGraph", "input_id", "output_id"]
 
-STEP_WIDTH = 230
-IO_SIZE = (170, 62)
+STEP_WIDTH = 240  # the stylesheet's widths (widgets/src/ensemble_builder.css)
+IO_SIZE = (170, 38)
 NEW_NODE_COLUMNS = 4  # nodes added without a position fill a grid this wide
 
 
@@ -78,6 +78,8 @@ class EnsembleGraph:
         self.edges: list[dict[str, Any]] = []  # {id, source, source_port, target, target_port}
         self.tensor_hints: dict[tuple[str, str], str] = {}  # (step id, output port) -> tensor name from code
         self.next_edge = 1
+        # Node sizes as the browser drew them, for the layout; not part of the undoable state.
+        self.sizes: dict[str, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ undo support
     def state(self) -> dict[str, Any]:
@@ -280,11 +282,13 @@ class EnsembleGraph:
         """Arrange every node left to right along the edges (see ``_layout.layered_layout``)."""
         sizes = {}
         for node_id in self.node_ids():
-            if node_id.startswith(("in:", "out:")):
+            if node_id in self.sizes:
+                sizes[node_id] = self.sizes[node_id]
+            elif node_id.startswith(("in:", "out:")):
                 sizes[node_id] = IO_SIZE
-            else:
+            else:  # as the stylesheet draws a step: title, subtitle, one row per port
                 step = self.find(node_id)
-                sizes[node_id] = (STEP_WIDTH, 64 + 24 * (len(step["inputs"]) + len(step["outputs"])))
+                sizes[node_id] = (STEP_WIDTH, 46 + 20 * (len(step["inputs"]) + len(step["outputs"])))
         positions = layered_layout(
             self.node_ids(),
             [(e["source"], e["target"]) for e in self.edges],

@@ -1,8 +1,9 @@
 """Automatic left-to-right layout of an ensemble graph (for ensembles built in code).
 
 A layered ("Sugiyama"-style) layout small enough to read: every node goes one column right of its
-furthest producer, ensemble inputs take the first column and ensemble outputs the last, nodes in a
-column are ordered by the mean row of their producers, and columns are centred on each other.
+furthest producer, ensemble inputs go just left of their first reader and ensemble outputs take
+the last column, nodes in a column are ordered by the mean row of their producers, and columns
+are centred on each other.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["layered_layout"]
 
-COLUMN_GAP = 110  # px between the right edge of one column and the left of the next
+COLUMN_GAP = 80  # px between the right edge of one column and the left of the next
 ROW_GAP = 36  # px between nodes in a column
 
 
@@ -41,6 +42,12 @@ def _layers(nodes: Sequence[str], edges: Iterable[tuple[str, str]], first: set[s
 
     for node in nodes:
         depth(node)
+    # An input that only late steps read sits just left of its first reader, not in column 0 with a
+    # long edge running behind the steps in between.
+    for node in first:
+        readers = [layer[t] for s, t in edges if s == node and t in layer and t not in first]
+        if readers:
+            layer[node] = max(0, min(readers) - 1)
     if last:
         end = max((layer[n] for n in nodes if n not in last), default=0) + 1
         for node in last:
@@ -63,7 +70,7 @@ def layered_layout(
         nodes: node ids, in a stable order (ties keep this order).
         edges: (source, target) pairs; edges to unknown nodes and edges closing a cycle are ignored.
         sizes: estimated (width, height) of each node in pixels.
-        first: nodes pinned to the first column (ensemble inputs).
+        first: nodes that have no producers (ensemble inputs): each goes one column left of its first reader.
         last: nodes pinned to the last column (ensemble outputs).
         origin: where the top-left of the drawing goes.
 
@@ -71,7 +78,7 @@ def layered_layout(
         ``{node: (x, y)}`` in integer pixels.
 
     >>> layered_layout(["a", "b", "c"], [("a", "b"), ("a", "c")], {n: (100, 50) for n in "abc"})
-    {'a': (0, 43), 'b': (210, 0), 'c': (210, 86)}
+    {'a': (0, 43), 'b': (180, 0), 'c': (180, 86)}
     """
     edges = list(edges)
     first, last = set(first), set(last)

@@ -313,8 +313,9 @@ class EnsembleBuilder(anywidget.AnyWidget):
         self._edit(lambda: self._graph.move(node, x, y), keeps_sample=True)
 
     def layout(self) -> None:
-        """Arrange the nodes left to right along the edges."""
+        """Arrange the nodes left to right along the edges (and fit them into the view)."""
         self._edit(self._graph.layout, keeps_sample=True)
+        self.send({"event": "fit_view"})
 
     def rename(self, name: str) -> None:
         """Rename the ensemble (the model name it registers under)."""
@@ -328,6 +329,11 @@ class EnsembleBuilder(anywidget.AnyWidget):
         except ConfigError:
             self._publish()  # puts the old name back into the traitlet
             raise
+
+    def _set_sizes(self, sizes: Mapping[str, Any]) -> None:
+        """The browser reports how big it drew each node; the layout uses it."""
+        with self._lock:
+            self._graph.sizes = {str(k): (int(v[0]), int(v[1])) for k, v in sizes.items()}
 
     # ------------------------------------------------------------------ code <-> canvas
     @property
@@ -365,6 +371,7 @@ class EnsembleBuilder(anywidget.AnyWidget):
             self._graph.restore(EnsembleGraph.from_ensemble(ensemble, self.registry).state())
 
         self._edit(action)
+        self.send({"event": "fit_view"})
 
     # ------------------------------------------------------------------ register and run
     def register(self) -> Any:
@@ -533,6 +540,7 @@ _COMMANDS: dict[str, Callable[..., dict[str, Any] | None]] = {
     "delete": lambda b, nodes=(), edges=(): {"removed": b.remove(*nodes, *edges)},
     "move": lambda b, moves: _moves(b, moves),
     "layout": lambda b: b.layout(),
+    "sizes": lambda b, sizes: b._set_sizes(sizes),
     "undo": lambda b: {"message": "undid the last change" if b.undo() else "nothing to undo"},
     "set_name": lambda b, name: b.rename(name),
     "register": EnsembleBuilder._cmd_register,

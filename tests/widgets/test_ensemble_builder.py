@@ -106,6 +106,7 @@ def test_readability_from_code_is_laid_out_and_round_trips(readability_registry)
         for e in b.edges:
             assert x[e["source"]] < x[e["target"]], e
         assert x["in:text"] < x["preprocess"] < x["bert"] == x["trees"] < x["blend"] < x["out:score"]
+        assert x["in:weight"] == x["bert"]  # an input sits just left of its first reader
         # the output's dtype and dims come from the step that writes it
         assert b.ensemble_outputs[0] | {"x": 0, "y": 0} == {"name": "score", "dtype": "FP32", "dims": [1], "x": 0, "y": 0}
     finally:

@@ -54,7 +54,7 @@ function buildNodes(steps, inputs, outputs, edges, sample) {
   return [
     ...inputs.map((t) => ({
       id: `in:${t.name}`,
-      type: "input",
+      type: "ensembleInput",
       position: { x: t.x, y: t.y },
       data: { tensor: t, sample },
     })),
@@ -66,7 +66,7 @@ function buildNodes(steps, inputs, outputs, edges, sample) {
     })),
     ...outputs.map((t) => ({
       id: `out:${t.name}`,
-      type: "output",
+      type: "ensembleOutput",
       position: { x: t.x, y: t.y },
       data: { tensor: t, sample },
     })),
@@ -111,7 +111,6 @@ function Builder({ model, commander }) {
       if (slow) setBusy(false);
       if (!reply.ok) setStatus({ kind: "error", text: reply.error || `${cmd} failed` });
       else if (reply.message) setStatus({ kind: reply.warning ? "warning" : "info", text: reply.message });
-      if (reply.ok && cmd === "layout") window.requestAnimationFrame(() => fitView({ maxZoom: 1, duration: 200 }));
       return reply;
     },
     [commander, fitView],
@@ -164,11 +163,40 @@ function Builder({ model, commander }) {
     });
   }, [edges, edgeErrors, selectEdge]);
 
+  // Node sizes as drawn (they grow with sample previews) go to the kernel, for its automatic layout.
+  const reportedSizes = useRef({});
+  useEffect(() => {
+    const sizes = {};
+    let changed = false;
+    for (const n of rfNodes) {
+      if (!n.measured || !n.measured.width) continue;
+      const size = [Math.round(n.measured.width), Math.round(n.measured.height)];
+      const old = reportedSizes.current[n.id];
+      if (!old || Math.abs(old[0] - size[0]) > 2 || Math.abs(old[1] - size[1]) > 2) changed = true;
+      sizes[n.id] = size;
+    }
+    if (!changed) return undefined;
+    const timer = setTimeout(() => {
+      reportedSizes.current = sizes;
+      commander.send("sizes", { sizes });
+    }, 250);
+    return () => clearTimeout(timer);
+  }, [rfNodes, commander]);
+
   // The hovered edge only changes its data; keep it out of the effect above.
   const shownEdges = useMemo(
     () => rfEdges.map((e) => (e.id === hoveredEdge ? { ...e, data: { ...e.data, hovered: true } } : e)),
     [rfEdges, hoveredEdge],
   );
+
+  // The kernel asks for the whole graph in view after a layout or after loading an ensemble.
+  useEffect(() => {
+    const onEvent = (msg) => {
+      if (msg && msg.event === "fit_view") window.requestAnimationFrame(() => fitView({ maxZoom: 1, duration: 150 }));
+    };
+    model.on("msg:custom", onEvent);
+    return () => model.off("msg:custom", onEvent);
+  }, [model, fitView]);
 
   useEffect(() => {
     if (steps.length + inputs.length + outputs.length > 0) {
@@ -206,10 +234,13 @@ function Builder({ model, commander }) {
       if (state.toHandle || !state.fromHandle || !state.fromNode || state.fromNode.type !== "step") return;
       const point = event.changedTouches ? event.changedTouches[0] : event;
       const target = event.target instanceof Element ? event.target : null;
-      if (!target || !target.closest(".react-flow__pane") || target.closest(".react-flow__node")) return;
+      // Only a drop on empty canvas: not on a node, a control, or outside the builder.
+      if (!target || !canvasRef.current.contains(target)) return;
+      if (target.closest(".react-flow__node, .react-flow__controls, .nbs-eb-edge-label")) return;
       const p = screenToFlowPosition({ x: point.clientX, y: point.clientY });
       const cmd = state.fromHandle.type === "target" ? "expose_input" : "expose_output";
-      const x = Math.round(p.x) - (cmd === "expose_input" ? 160 : 0);
+      // The new node's port lands where the connection was dropped.
+      const x = Math.round(p.x) - (cmd === "expose_input" ? 170 : 0);
       run(cmd, { node: state.fromNode.id, port: state.fromHandle.id, x, y: Math.round(p.y) - 20 });
     },
     [run, screenToFlowPosition],

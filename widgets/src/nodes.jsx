@@ -119,4 +119,5 @@ export function OutputNode({ id, data, selected }) {
   );
 }
 
-export const nodeTypes = { step: StepNode, input: InputNode, output: OutputNode };
+// Not "input"/"output": React Flow styles its built-in node types by those names.
+export const nodeTypes = { step: StepNode, ensembleInput: InputNode, ensembleOutput: OutputNode };
