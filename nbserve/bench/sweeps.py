@@ -211,9 +211,14 @@ class SweepResult:
                                         name="recommended", marker={"symbol": "star", "size": 18, "color": "gold",
                                                                     "line": {"color": "black", "width": 1}}))
         figure.layout.shapes = []
+        figure.layout.annotations = []
         if self.latency_budget_ms is not None:
-            figure.add_hline(y=self.latency_budget_ms, line_dash="dash", line_color="red",
-                             annotation_text=f"budget {self.latency_budget_ms} ms")
+            # An explicit shape, not add_hline: inside a FigureWidget's batch_update (the live plot)
+            # add_hline cannot find the axes yet and raises TypeError (plotly 7.1).
+            figure.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=self.latency_budget_ms,
+                             y1=self.latency_budget_ms, line={"dash": "dash", "color": "red"})
+            figure.add_annotation(xref="paper", x=1, yref="y", y=self.latency_budget_ms, showarrow=False,
+                                  text=f"budget {self.latency_budget_ms} ms", xanchor="right", yanchor="bottom")
         figure.update_layout(title=f"Sweep of {self.model}: throughput vs {latency.removesuffix('_ms')} latency",
                              xaxis_title="throughput (infer/s)", yaxis_title=f"{latency.removesuffix('_ms')} (ms)",
                              template="plotly_white")
