@@ -323,9 +323,10 @@ def readme(
         "",
         "With `pip install \"tritonclient[http]\"`, against the server started above:",
     ]
-    callable_models = [c for c in configs if c.name not in steps] or list(configs)
-    for c in callable_models:
-        out += ["", f"`{c.name}`:", "", "```python", client_example(c), "```"]
+    # Pipelines first; their steps are models of their own and can be called directly too.
+    for c in sorted(configs, key=lambda c: c.name in steps):
+        role = " (an ensemble step, callable on its own)" if c.name in steps else ""
+        out += ["", f"`{c.name}`{role}:", "", "```python", client_example(c), "```"]
     if requirements:
         out += [
             "",

@@ -128,6 +128,17 @@ def expected(registry: Any, samples: dict[str, dict[str, Any]]) -> dict[str, dic
     return {name: registry.get(name).infer(inputs) for name, inputs in samples.items()}
 
 
+def read_back_answers(repo: Any, samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the repository's models answer when nbserve reads it back into this process."""
+    from nbserve.repository import read_repository
+
+    back = read_repository(repo)
+    try:
+        return {name: back.get(name).infer(inputs) for name, inputs in samples.items()}
+    finally:
+        back.clear()
+
+
 def assert_same(got: dict[str, Any], want: dict[str, Any], rtol: float = 1e-5, atol: float = 1e-6) -> None:
     assert sorted(got) == sorted(want)
     for key, value in want.items():

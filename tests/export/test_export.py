@@ -18,23 +18,15 @@ from nbserve.errors import ExportError, ModelNotFound
 from nbserve.export import portable as portable_module
 from nbserve.export.exporter import ExportReport
 from nbserve.registry import ModelVersion
-from nbserve.repository import MARKER_FILE, read_repository
+from nbserve.repository import MARKER_FILE
 
-from export_models import assert_same, expected, register_pipeline, register_python
+from export_models import assert_same, expected, read_back_answers, register_pipeline, register_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tree(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def read_back_answers(repo: Path, samples: dict) -> dict:
-    back = read_repository(repo)
-    try:
-        return {name: back.get(name).infer(inputs) for name, inputs in samples.items()}
-    finally:
-        back.clear()
 
 
 # ----------------------------------------------------------------------------- what is written
@@ -140,7 +132,7 @@ def test_the_doc_files_describe_the_repository(registry, tmp_path):
     assert "# Triton model repository `my_models`" in readme
     assert "| `text` | input | BYTES | [-1, 1] |" in readme and "`words` (ensemble step)" in readme
     assert report.docker_run in readme and "EXECUTION_ENV_PATH" in readme
-    assert 'client.infer("pipeline", inputs)' in readme and 'client.infer("words"' not in readme  # steps are internal
+    assert readme.index('client.infer("pipeline", inputs)') < readme.index('client.infer("words", inputs)')
     manifest = (report.path / "kserve.yaml").read_text()
     assert 'storageUri: "gs://bucket/my_models"' in manifest and 'name: "my-models"' in manifest
     requirements = (report.path / "words" / "requirements.txt").read_text()
