@@ -163,8 +163,10 @@ def test_trace_returns_every_intermediate_tensor(server, registry):
         np.testing.assert_array_equal(pre["outputs"][key], tokens[key])
     np.testing.assert_array_equal(bert["inputs"]["input_ids"], tokens["input_ids"])
     np.testing.assert_array_equal(trees["inputs"]["input__0"], tokens["features"])
-    np.testing.assert_array_equal(post["inputs"]["bert"], bert["outputs"]["logits"])
-    np.testing.assert_array_equal(post["inputs"]["trees"], trees["outputs"]["output__0"])
+    # Tensors pass between steps as they are: the very arrays, no copy.
+    assert post["inputs"]["bert"] is bert["outputs"]["logits"] is result.tensors["bert_score"]
+    assert post["inputs"]["trees"] is trees["outputs"]["output__0"]
+    assert bert["inputs"]["attention_mask"] is pre["outputs"]["attention_mask"]
     assert post["start_us"] >= max(bert["end_us"], trees["end_us"]) - 1
     assert sorted(result.tensors) == ["bert_score", "feats", "ids", "mask", "score", "text", "tree_score", "weight"]
     np.testing.assert_allclose(result["score"], readability.by_hand(registry, text, weight), rtol=1e-5, atol=1e-6)
