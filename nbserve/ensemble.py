@@ -524,6 +524,10 @@ class Ensemble:
                         f"'{step.model}') takes at most {config.max_batch_size}",
                         hint=f"use Ensemble(..., max_batch_size={config.max_batch_size}) or register '{step.model}' "
                         f"with max_batch_size={self.max_batch_size}")
+            if config.HasField("sequence_batching"):
+                problem(f"{label} runs stateful model '{step.model}' (sequence_batching), and nbserve's ensembles "
+                        "pass no sequence ids to their steps",
+                        hint=f"call '{step.model}' directly with its sequence_id, sequence_start and sequence_end")
             if config.platform == "ensemble" and self._contains(step.model, registry, set()):
                 problem(f"{label} runs ensemble '{step.model}', which runs this ensemble",
                         hint="ensembles cannot call each other in a circle")

@@ -216,6 +216,18 @@ def test_validation_names_step_tensor_and_fix(models, case):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+def test_stateful_steps_are_refused(models):
+    from nbserve.stateful import StateSpec, register_stateful
+
+    def accumulate(x, total):
+        return {"sum": total + x, "total": total + x}
+
+    register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X2}, max_batch_size=8,
+                      registry=models)
+    ens = Ensemble("e", max_batch_size=8).input("x", "FP32", [2]).step("acc", {"x": "x"}, {"sum": "y"}).output("y")
+    assert "step 'acc' runs stateful model 'acc' (sequence_batching)" in _fix(ens, models)
+
+
 def test_every_problem_is_listed(models):
     ens = Ensemble("e").input("x", "FP64", [2]).input("unused", "FP32", [1])
     ens.step("double", {"x": "x"}, {"output_0": "d"}).step("inc", {"x": "nowhere"}, {"output_0": "y"}).output("y")
