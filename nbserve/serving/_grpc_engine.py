@@ -10,11 +10,19 @@ socket write and a loop wake-up; see ``PollerCompletionQueue`` in grpc's Cython 
 This engine drives the same C-core objects that grpc's own synchronous server uses
 (``grpc._cython.cygrpc``: ``Server``, ``CompletionQueue``, ``Call.start_server_batch`` and the
 ``*Operation`` classes). One thread polls the completion queue; per unary call it does two batches
-(receive the message; send metadata + message + status and wait for close) and hops to the event
-loop once, and several calls arriving together share that hop. Handlers are the servicer's own
-``async def`` methods, found through the generated ``add_GRPCInferenceServiceServicer_to_server``
-(the stub is the single source of method names, serializers and deserializers), and run as tasks
-on the event loop. The same constant-response experiment runs at about 10,000 calls/s.
+(receive the message; send metadata + message + status and wait for close). Handlers are the
+servicer's own ``async def`` methods, found through the generated
+``add_GRPCInferenceServiceServicer_to_server`` (the stub is the single source of method names,
+serializers and deserializers), and run as tasks on the event loop, reached with one hop that
+several calls arriving together share. A method may also have a *direct* handler that runs on the
+polling thread and answers from any thread (ModelInfer: see ``grpc.make_direct_infer``), which
+saves the hop and the task. Bidirectional streams (ModelStreamInfer) are served too. The same
+constant-response experiment runs at about 10,000 calls/s.
+
+Threads and locks: the polling thread owns the completion queue; answers are started from the loop
+(or wherever a direct handler's result arrives), which the C core allows; server-level calls
+(request_call, shutdown, cancel_all_calls, destroy) go through one lock, because the C core
+forbids request_call once shutdown began and cygrpc checks that before releasing the GIL.
 
 ``cygrpc`` is grpc's private layer; :func:`available` checks that the pieces used here exist, and
 the frontend falls back to grpc.aio when they do not.

@@ -82,7 +82,6 @@ def make_servicer(core: Any, *, token: str | None = None) -> Any:
 
     expected_auth = None if token is None else f"Bearer {token}".encode()
     Code = grpc.StatusCode
-    response_type = pb.ModelInferResponse
     live_response = {True: pb.ServerLiveResponse(live=True), False: pb.ServerLiveResponse(live=False)}
     ready_response = {True: pb.ServerReadyResponse(ready=True), False: pb.ServerReadyResponse(ready=False)}
     TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
