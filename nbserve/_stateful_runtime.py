@@ -12,12 +12,19 @@ state on every request but never stores the output state (checked against Triton
 exported model keeps each sequence's state itself, keyed by the request's correlation id.
 """
 
-# nbserve-runtime-imports-begin
-from .backends._python_runtime import NUMPY_NAMES, _stack, _to_output_array, accepts_keywords
-# nbserve-runtime-imports-end
 import time
 
 import numpy as np
+
+# nbserve-runtime-imports-begin
+from .backends._python_runtime import (
+    NUMPY_NAMES,
+    _stack,
+    _to_output_array,
+    accepts_keywords,
+)
+
+# nbserve-runtime-imports-end
 
 
 class StatefulRunner:

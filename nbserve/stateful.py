@@ -29,18 +29,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from google.protobuf import json_format
 
 from . import _stateful_runtime
 from ._proto import model_config_pb2
-from .config import ModelConfig, build_config, check_max_batch_size, to_specs, validate, validate_name
+from .config import (
+    ModelConfig,
+    build_config,
+    check_max_batch_size,
+    to_specs,
+    validate,
+    validate_name,
+)
 from .errors import ConfigError, ExportError, SignatureError
 from .registry import ModelVersion, RegisteredModel, Registry, default_registry
 from .serving.sequence import DEFAULT_IDLE_MICROSECONDS, validate_sequence_batching
-from .tensors import TensorSpec, config_dtype, numpy_dtype, serialize_bytes, shape_matches, triton_dtype
+from .tensors import (
+    TensorSpec,
+    config_dtype,
+    numpy_dtype,
+    serialize_bytes,
+    shape_matches,
+    triton_dtype,
+)
 
-__all__ = ["StateSpec", "register_stateful", "write", "reads", "MODEL_PY_TEMPLATE"]
+__all__ = ["MODEL_PY_TEMPLATE", "StateSpec", "reads", "register_stateful", "write"]
 
 name = BACKEND = "stateful"  # ModelVersion.backend: the repository writer picks this module by it
 CALLABLE_FILE = "callable.pkl"

@@ -48,18 +48,24 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..errors import ConfigError, InferenceError, InvalidInput, ModelNotReady, ServerBusy
+from ..errors import (
+    ConfigError,
+    InferenceError,
+    InvalidInput,
+    ModelNotReady,
+    ServerBusy,
+)
 from ..tensors import deserialize_bytes, numpy_dtype, shape_matches, triton_dtype
 from .batcher import DEFAULT_MAX_QUEUE_SIZE, Closed, Pending, resolve_all
 from .stats import ModelStats
 
 __all__ = [
+    "DEFAULT_IDLE_MICROSECONDS",
     "SequenceBatcher",
     "SequenceFlags",
     "SequenceStats",
     "sequence_flags",
     "validate_sequence_batching",
-    "DEFAULT_IDLE_MICROSECONDS",
 ]
 
 #: Triton's default for ``max_sequence_idle_microseconds`` (when unset or 0).
@@ -128,7 +134,7 @@ def sequence_flags(
 class _Control:
     """One control input: its name, kind, and how true/false (or the id) are written."""
 
-    __slots__ = ("name", "kind", "dtype", "false", "true", "wire")
+    __slots__ = ("dtype", "false", "kind", "name", "true", "wire")
 
     def __init__(self, name: str, kind: int, dtype: np.dtype, false: Any = None, true: Any = None,
                  wire: str = "") -> None:
@@ -157,7 +163,7 @@ class _Control:
 class _State:
     """One implicit state: input/output names, dtype, dims and its initial value (one item)."""
 
-    __slots__ = ("input_name", "output_name", "wire", "dtype", "dims", "initial")
+    __slots__ = ("dims", "dtype", "initial", "input_name", "output_name", "wire")
 
     def __init__(self, input_name: str, output_name: str, wire: str, dims: list[int], initial: Any) -> None:
         self.input_name, self.output_name, self.wire = input_name, output_name, wire

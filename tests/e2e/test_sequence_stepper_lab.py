@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("playwright")
 pytest.importorskip("ipywidgets")
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.slow]
 

@@ -51,7 +51,7 @@ def build_registry() -> Registry:
     register_stateful(accumulate, name="acc_idle", state=StateSpec("total", [2]), example=example,
                       max_batch_size=4, registry=reg, sequence_batching={"max_sequence_idle_microseconds": 200_000})
 
-    def with_id(x, total, CORRID):  # noqa: N803 - the control input's name
+    def with_id(x, total, CORRID):
         total = total + x
         return {"sum": total * 1, "corrid": CORRID, "total": total}
 
