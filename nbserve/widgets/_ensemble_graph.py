@@ -72,7 +72,8 @@ class EnsembleGraph:
     def __init__(self, name: str = "ensemble", *, max_batch_size: int = 64) -> None:
         self.name = validate_name(name, what="ensemble name")
         self.max_batch_size = max_batch_size
-        self.steps: list[dict[str, Any]] = []  # {id, model, version, x, y, inputs, outputs, missing, framework, max_batch_size}
+        # {id, model, version, x, y, inputs, outputs, missing, framework, max_batch_size}
+        self.steps: list[dict[str, Any]] = []
         self.inputs: list[dict[str, Any]] = []  # {name, dtype, dims, x, y}
         self.outputs: list[dict[str, Any]] = []  # {name, x, y}
         self.edges: list[dict[str, Any]] = []  # {id, source, source_port, target, target_port}
@@ -237,8 +238,9 @@ class EnsembleGraph:
                 expected=f"one of {sorted(targets)}" if targets else "an edge that ends at an input port",
                 hint="edges run from an output port (right side) to an input port (left side)",
             )
+        wanted = (source, source_port, target, target_port)
         for e in self.edges:
-            if (e["source"], e["source_port"], e["target"], e["target_port"]) == (source, source_port, target, target_port):
+            if (e["source"], e["source_port"], e["target"], e["target_port"]) == wanted:
                 raise ConfigError(f"{_end(source, source_port)} is already connected to {_end(target, target_port)}",
                                   model=self.name)
         edge_id = f"e{self.next_edge}"
@@ -343,9 +345,11 @@ class EnsembleGraph:
                 return (f"model '{node['model']}' is not registered (any more): register it again, "
                         f"or delete {_describe(node_id)}")
         if sport not in {p["name"] for p in self.source_ports(source)}:
-            return f"{_describe(source)} has no output '{sport}' any more (the model was re-registered): delete this edge"
+            return (f"{_describe(source)} has no output '{sport}' any more (the model was re-registered): "
+                    "delete this edge")
         if tport not in {p["name"] for p in self.target_ports(target)}:
-            return f"{_describe(target)} has no input '{tport}' any more (the model was re-registered): delete this edge"
+            return (f"{_describe(target)} has no input '{tport}' any more (the model was re-registered): "
+                    "delete this edge")
         if source.startswith("in:") and target.startswith("out:"):
             return (f"{_describe(source)} cannot be {_describe(target)} directly: Triton ensembles pass tensors "
                     "through steps; connect the output to a step's output port")
@@ -408,18 +412,24 @@ class EnsembleGraph:
         for t in self.inputs:
             ensemble.input(t["name"], t["dtype"], t["dims"])
         for step in self.steps:
-            inputs = {e["target_port"]: names[(e["source"], e["source_port"])] for e in edges if e["target"] == step["id"]}
-            outputs = {}
-            for port in step["outputs"]:
-                key = (step["id"], port["name"])
-                if key in names and (key in self.tensor_hints or any(
-                        (e["source"], e["source_port"]) == key for e in edges)):
-                    outputs[port["name"]] = names[key]
+            inputs, outputs = self._step_maps(step, edges, names)
             ensemble.step(step["model"], inputs=inputs, outputs=outputs, version=step["version"])
         for t in self.outputs:
             if any(e["target"] == output_id(t["name"]) for e in edges):
                 ensemble.output(t["name"])
         return ensemble
+
+    def _step_maps(self, step: Mapping[str, Any], edges: Sequence[Mapping[str, Any]],
+                   names: Mapping[tuple[str, str], str]) -> tuple[dict[str, str], dict[str, str]]:
+        """A step's input_map and output_map: its connected ports (and outputs named in code)."""
+        inputs = {e["target_port"]: names[(e["source"], e["source_port"])] for e in edges if e["target"] == step["id"]}
+        used = {(e["source"], e["source_port"]) for e in edges}
+        outputs = {}
+        for port in step["outputs"]:
+            key = (step["id"], port["name"])
+            if key in names and (key in used or key in self.tensor_hints):
+                outputs[port["name"]] = names[key]
+        return inputs, outputs
 
     @classmethod
     def from_ensemble(cls, ensemble: Any, registry: Any) -> EnsembleGraph:
@@ -446,7 +456,7 @@ class EnsembleGraph:
                 producers[tensor] = (node_id, port)
                 graph.tensor_hints[(node_id, port)] = tensor
         graph.refresh(registry)
-        for step_node, step in zip(graph.steps, ensemble.steps):
+        for step_node, step in zip(graph.steps, ensemble.steps, strict=True):
             for port, tensor in step.inputs.items():
                 if tensor not in producers:
                     raise ConfigError(
@@ -480,10 +490,7 @@ class EnsembleGraph:
         for t in self.inputs:
             lines.append(f"ens.input({t['name']!r}, {t['dtype']!r}, {t['dims']!r})")
         for step in self.steps:
-            inputs = {e["target_port"]: names[(e["source"], e["source_port"])] for e in edges if e["target"] == step["id"]}
-            outputs = {p["name"]: names[(step["id"], p["name"])] for p in step["outputs"]
-                       if (step["id"], p["name"]) in names and ((step["id"], p["name"]) in self.tensor_hints or any(
-                           (e["source"], e["source_port"]) == (step["id"], p["name"]) for e in edges))}
+            inputs, outputs = self._step_maps(step, edges, names)
             version = "" if step["version"] == -1 else f", version={step['version']}"
             lines.append(f"ens.step({step['model']!r}, inputs={inputs!r}, outputs={outputs!r}{version})")
         for t in self.outputs:

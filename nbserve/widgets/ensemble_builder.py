@@ -350,8 +350,8 @@ class EnsembleBuilder(anywidget.AnyWidget):
                 edge = self._graph.edge(edge_id)
                 more = f" (and {len(errors) - 1} more invalid edges)" if len(errors) > 1 else ""
                 raise ConfigError(
-                    f"edge {edge_id} from {edge['source']}.{edge['source_port']} to {edge['target']}.{edge['target_port']} "
-                    f"is invalid: {reason}{more}",
+                    f"edge {edge_id} from {edge['source']}.{edge['source_port']} to "
+                    f"{edge['target']}.{edge['target_port']} is invalid: {reason}{more}",
                     model=self._graph.name,
                     hint=f"delete it on the canvas (click it, press Delete) or builder.remove({edge_id!r})",
                 )

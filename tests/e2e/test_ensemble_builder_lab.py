@@ -42,7 +42,8 @@ def handle(page, node_id: str, port: str, kind: str):
 def dom_position(locator) -> list[int]:
     """Where React Flow draws a node (its transform), in canvas coordinates."""
     return locator.evaluate(
-        "e => { const m = new DOMMatrixReadOnly(getComputedStyle(e).transform); return [Math.round(m.e), Math.round(m.f)]; }")
+        """e => { const m = new DOMMatrixReadOnly(getComputedStyle(e).transform);
+                  return [Math.round(m.e), Math.round(m.f)]; }""")
 
 
 def drop_model(lab, model: str, x: int, y: int) -> None:
@@ -171,6 +172,16 @@ def test_readability_drawn_with_the_mouse(lab, jupyter_server):
     assert math.isclose(float(timing.get_attribute("data-compute-us")), result["bert_compute_us"])
     expect(timing).to_contain_text("compute")
 
+    # -- canvas -> code: the code panel shows the Python that builds what is drawn ---------------------
+    root.locator(".nbs-eb-code-toggle").click()
+    panel = root.locator(".nbs-eb-code")
+    expect(panel).to_contain_text("ens.step('blend', inputs={'bert': 'logits', 'trees': 'output__0', 'weight': 'weight'}")
+    assert panel.inner_text().strip() == lab.python_json("builder.code").strip()
+    root.scroll_into_view_if_needed()
+    lab.shot("builder_05b_code_panel", root)
+    root.locator(".nbs-eb-code-toggle").click()
+    expect(panel).to_have_count(0)
+
     # -- Python -> browser: a layout from code moves the nodes and fits them in view --------------------
     lab.run_cell("builder.layout()")
     expected = {n["id"]: [n["x"], n["y"]] for n in lab.python_json("builder.nodes")}
@@ -202,7 +213,8 @@ def test_code_built_ensemble_is_laid_out_and_the_palette_is_live(lab, jupyter_se
         """() => { const c = document.querySelector('.nbs-eb-canvas').getBoundingClientRect();
              return [...document.querySelectorAll('.react-flow__node')].every(n => {
                const b = n.getBoundingClientRect();
-               return b.left >= c.left - 1 && b.right <= c.right + 1 && b.top >= c.top - 1 && b.bottom <= c.bottom + 1; }); }""")
+               return b.left >= c.left - 1 && b.right <= c.right + 1
+                 && b.top >= c.top - 1 && b.bottom <= c.bottom + 1; }); }""")
     boxes = {n.get_attribute("data-id"): n.bounding_box() for n in page.locator(".react-flow__node").all()}
     ids = sorted(boxes)
     for i, a in enumerate(ids):  # no two nodes overlap
@@ -216,6 +228,28 @@ def test_code_built_ensemble_is_laid_out_and_the_palette_is_live(lab, jupyter_se
         assert source["x"] + source["width"] <= target["x"], edge  # data flows left to right
     page.mouse.move(1, 1)
     lab.shot("builder_10_code_built_layout", root)
+
+    # ensemble inputs and outputs declared with the toolbar's forms; undone with the undo button
+    root.locator(".nbs-eb-add-input").click()
+    form = root.locator(".nbs-eb-input-form")
+    form.locator('input[placeholder="name"]').fill("extra")
+    form.locator("select").select_option("FP16")
+    form.locator(".nbs-eb-dims").fill("-1, 4")
+    form.locator('button[type="submit"]').click()
+    expect(node(page, "in:extra")).to_contain_text("FP16 [-1, 4]")
+    expect(form).to_have_count(0)
+    root.locator(".nbs-eb-add-output").click()
+    root.locator('.nbs-eb-output-form input[placeholder="name"]').fill("spare")
+    root.locator('.nbs-eb-output-form button[type="submit"]').click()
+    expect(node(page, "out:spare")).to_contain_text("not connected")
+    declared = lab.python_json("[shown.ensemble_inputs[-1]['dims'], shown.ensemble_inputs[-1]['dtype'], "
+                               "shown.ensemble_outputs[-1]['name']]")
+    assert declared == [[-1, 4], "FP16", "spare"]
+    root.locator(".nbs-eb-undo").click()
+    expect(node(page, "out:spare")).to_have_count(0)
+    root.locator(".nbs-eb-undo").click()
+    expect(node(page, "in:extra")).to_have_count(0)
+    expect(root.locator(".nbs-eb-undo")).to_be_disabled()
 
     # the palette follows the registry, whichever cell registers
     lab.run_cell("late = nbserve.register(lambda x: x + 1, name='late_model', example=np.ones((1, 2), 'float32'))")

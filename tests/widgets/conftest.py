@@ -27,7 +27,8 @@ class RecordingComm(BaseComm):
         self.published: list[tuple[str, dict[str, Any]]] = []
         super().__init__(*args, **kwargs)
 
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
+    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
+                    **keys: Any) -> None:
         self.published.append((msg_type, data or {}))
 
     # -- what the tests use ------------------------------------------------------------
