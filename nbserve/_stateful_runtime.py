@@ -22,6 +22,7 @@ from .backends._python_runtime import (
     _stack,
     _to_output_array,
     accepts_keywords,
+    run_requests,
 )
 
 # nbserve-runtime-imports-end
@@ -198,6 +199,20 @@ class SequenceStore:
         self._store[corr] = (time.monotonic(), {
             s["input_name"]: np.array(outputs[s["output_name"]], copy=True) for s in self.states
         })
+
+
+def run_grouped(runner, requests_inputs):
+    """``run_requests`` over groups of requests whose tensors can be merged (same item shapes):
+    sequences with variable-size states (dims -1) of different lengths run in separate calls."""
+    groups = {}
+    for position, tensors in enumerate(requests_inputs):
+        key = tuple((name, tuple(getattr(value, "shape", ())[1:])) for name, value in sorted(tensors.items()))
+        groups.setdefault(key, []).append(position)
+    results = [None] * len(requests_inputs)
+    for positions in groups.values():
+        for position, outputs in zip(positions, run_requests(runner, [requests_inputs[p] for p in positions])):
+            results[position] = outputs
+    return results
 
 
 def control_flag(tensors, control):

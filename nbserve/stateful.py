@@ -488,7 +488,7 @@ class TritonPythonModel:
         if not batch:
             return responses
         try:
-            results = run_requests(self.runner, batch)
+            results = run_grouped(self.runner, batch)
         except Exception as exc:  # one failing batch fails its requests, never the server
             error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             for index, _, _, _ in live:

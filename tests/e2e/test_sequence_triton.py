@@ -4,8 +4,8 @@ Stateful functions are registered with ``register_stateful``, served in the kern
 ``write_repository``; the real tritonserver (from nvidia-pytriton, Python backend only) loads the
 export and the same scripted sequences go to both through tritonclient: interleaved, concurrent
 (Triton's direct strategy then pads its batches with null requests), with string and uint64 ids, an
-id reused after its end, a state with an ``initial_state`` file, a hidden state, a model without
-batching and a per-item function over BYTES.
+id reused after its end, a state with an ``initial_state`` file, a hidden state, a variable-size state,
+a model without batching and a per-item function over BYTES.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def unbatched_sum(x, acc):
     return {"acc_out": acc.reshape(1) * 1, "acc": acc}
 
 
+def history(x, seen):
+    seen = np.concatenate([seen, x], axis=1)  # a variable-size state: one more value per step
+    return {"length": np.full((len(x), 1), seen.shape[1], "int64"), "seen": seen}
+
+
 def count_words(text, seen):
     words = len(text[0].split())
     return {"words": np.array([words], "int64"), "seen": seen + words}
@@ -66,6 +71,9 @@ def build_registry() -> Registry:
     register_stateful(count_words, name="words", registry=reg, batched=False, max_batch_size=4,
                       example={"text": np.array([[b"a b"]], dtype=object)},
                       state=StateSpec("seen", [1], "INT64"))
+    register_stateful(history, registry=reg, example={"x": np.ones((1, 1), "float32")}, max_batch_size=4,
+                      state=StateSpec("seen", [-1], "FP32", initial=np.zeros(1, "float32")),
+                      sequence_batching={"oldest": {"max_queue_delay_microseconds": 2000}})
     return reg
 
 
@@ -87,6 +95,9 @@ def _inputs(module: Any, model: str, value: float) -> list[Any]:
     if model == "unbatched":
         array = np.full(3, value, np.float64)
         name, dtype = "x", "FP64"
+    elif model == "history":
+        array = np.full((1, 1), value, np.float32)
+        name, dtype = "x", "FP32"
     elif model == "words":
         array = np.array([[(" ".join(["w"] * int(value))).encode()]], dtype=object)
         name, dtype = "text", "BYTES"
@@ -137,7 +148,7 @@ def _same(kernel_outputs: list[dict[str, np.ndarray]], triton_outputs: list[dict
             assert np.array_equal(ours[name], theirs[name]), (step, name, ours[name], theirs[name])
 
 
-@pytest.mark.parametrize("model", ["running", "decaying", "unbatched", "words"])
+@pytest.mark.parametrize("model", ["running", "decaying", "unbatched", "words", "history"])
 def test_interleaved_sequences_match_over_http(servers, model):
     import tritonclient.http as httpclient
 
@@ -160,7 +171,7 @@ def test_interleaved_sequences_match_over_grpc(servers):
           _run(grpcclient, triton.grpc_address, "running", script))
 
 
-@pytest.mark.parametrize("model", ["running", "decaying"])
+@pytest.mark.parametrize("model", ["running", "decaying", "history"])
 def test_concurrent_sequences_match(servers, model):
     """Four sequences step at once from four clients: batched in both servers (Triton's direct
     strategy pads its batches with null requests), every sequence keeps its own state."""

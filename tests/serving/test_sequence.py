@@ -604,6 +604,54 @@ def test_direct_strategy_waits_for_minimum_slot_utilization():
         reg.clear()
 
 
+def test_variable_size_states_batch_only_with_their_shape():
+    """States with dims -1 of different lengths never share a batch (merging them would fail);
+    sequences whose states have the same length do."""
+    reg = Registry()
+    gate = threading.Event()
+    gate.set()
+
+    def history(x, seen):
+        gate.wait(30)
+        seen = np.concatenate([seen, x], axis=1)
+        return {"length": np.full((len(x), 1), seen.shape[1], "int64"), "seen": seen}
+
+    register_stateful(history, state=StateSpec("seen", [-1], "FP32", initial=np.zeros(1, "float32")),
+                      example={"x": np.ones((1, 1), "float32")}, registry=reg, max_batch_size=4,
+                      sequence_batching={"oldest": {"max_candidate_sequences": 8}})
+    core = InferenceCore(reg)
+    core.start()
+    one = np.ones((1, 1), "float32")
+    batcher = core.loaded_versions()[0].batcher
+    try:
+        async def step(seq: int, start: bool = False) -> int:
+            result = await core.infer("history", {"x": one}, sequence_id=seq, sequence_start=start)
+            return int(result.outputs["length"][0, 0])
+
+        async def run() -> list[int]:
+            assert [await step(1, True), await step(1), await step(2, True)] == [2, 3, 2]
+            gate.clear()
+            blocker = asyncio.ensure_future(step(9, True))  # holds the only instance
+            while batcher.sequence_stats()["queued"] or not batcher.busy_instances:
+                await asyncio.sleep(0.005)
+            waiting = [asyncio.ensure_future(step(seq, seq > 2)) for seq in (1, 2, 3, 4)]
+            while batcher.queue_depth < 4:
+                await asyncio.sleep(0.005)
+            gate.set()
+            await blocker
+            return await asyncio.gather(*waiting)
+
+        assert asyncio.run(run()) == [4, 3, 2, 2]
+        entry = core.model_statistics("history")["model_stats"][0]
+        # 1, 1, 1, blocker; then sequence 1 (length 3) alone, 2 (length 2) alone, 3 and 4 (length 1) together
+        assert entry["execution_count"] == 7 and entry["inference_count"] == 8
+        assert [(b["batch_size"], b["compute_infer"]["count"]) for b in entry["batch_stats"]] == [(1, 6), (2, 1)]
+    finally:
+        gate.set()
+        core.close()
+        reg.clear()
+
+
 def test_close_ends_the_instance_threads():
     reg = Registry()
     register_stateful(accumulate, name="acc", state=StateSpec("total", [2]), example={"x": X}, registry=reg,
