@@ -238,3 +238,13 @@ def test_the_exported_config_keeps_the_sequence_batching_section(servers):
         assert [(s["input_name"], s["output_name"]) for s in sb["state"]] == [("total", "total"), ("count", "count")]
         assert sorted(c["name"] for c in sb["control_input"]) == ["END", "START"]
     assert theirs["sequence_batching"]["state"][1]["initial_state"][0]["data_file"] == "count.bin"
+
+
+def test_the_stepper_watches_a_sequence_in_triton(servers):
+    triton = servers[1]
+    stepper = nbserve.SequenceStepper(triton.http_address, "running", sequence_id="stepper")
+    x = np.full((1, 2), 2.0, np.float32)
+    stepper.step({"x": x})
+    stepper.end({"x": x})
+    assert stepper.state["total"].tolist() == [[4.0, 4.0]] and stepper.state["count"].tolist() == [[12]]
+    assert [row["start"] for row in stepper.history] == [True, False] and stepper.ended
