@@ -13,6 +13,7 @@ The JavaScript lives in the repository's top-level ``widgets/`` folder and is bu
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import weakref
@@ -149,10 +150,11 @@ class EnsembleBuilder(anywidget.AnyWidget):
         errors = graph.check(self.registry)
         names = graph.tensor_names(graph.valid_edges(errors))
         specs = graph.output_specs(errors)
+        # Copies: the traitlets must not share lists with the graph, which the next edit changes.
         return {
             "palette": self._palette(),
-            "nodes": [dict(s) for s in graph.steps],
-            "ensemble_inputs": [dict(t) for t in graph.inputs],
+            "nodes": copy.deepcopy(graph.steps),
+            "ensemble_inputs": copy.deepcopy(graph.inputs),
             "ensemble_outputs": [dict(t, **(specs[t["name"]] or {"dtype": None, "dims": None})) for t in graph.outputs],
             "edges": [dict(e, tensor=names.get((e["source"], e["source_port"]), "")) for e in graph.edges],
             "edge_errors": errors,
