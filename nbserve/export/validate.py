@@ -150,7 +150,7 @@ class ValidationReport:
         """Raise ConfigError listing the errors; return the report when there are none."""
         if self.errors:
             raise ConfigError(
-                f"the repository does not validate:\n" + "\n".join(str(i) for i in self.errors),
+                "the repository does not validate:\n" + "\n".join(str(i) for i in self.errors),
                 hint="fix each error at the file and field it names, then run nbserve validate again",
             )
         return self
@@ -188,8 +188,11 @@ def validate(path: str | os.PathLike[str]) -> ValidationReport:
     >>> (repo / "m").mkdir()
     >>> _ = (repo / "m" / "config.pbtxt").write_text(
     ...     'backend: "python"\\nmax_batch_size: 0\\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] } ]\\n')
-    >>> print(validate(repo).errors[0])  # doctest: +ELLIPSIS
-    .../m: error: model 'm': the model has no version folder. Fix: create m/1/ and put the model file in it
+    >>> report = validate(repo)
+    >>> report.ok, report.errors[0].code, report.errors[0].message
+    (False, 'no-version', 'the model has no version folder')
+    >>> report.errors[0].fix
+    'create m/1/ and put the model file in it'
     """
     linter = _Linter(Path(path))
     linter.run()
@@ -365,7 +368,7 @@ class _Linter:
         if backend not in KNOWN_BACKENDS:
             self.add(WARNING, "unknown-backend", path,
                      f'backend "{backend}" is not one Triton ships{_close(backend, KNOWN_BACKENDS)}; its files are '
-                     "not checked", f"install the backend in Triton's backend directory, or fix the name",
+                     "not checked", "install the backend in Triton's backend directory, or fix the name",
                      model=name, field="backend", line=backend_line)
             return "unknown"
         return {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch", "tensorrt": "tensorrt_plan"}.get(
@@ -403,11 +406,10 @@ class _Linter:
                     self.add(ERROR, "no-data-type", path, "has no data_type",
                              "add data_type: TYPE_FP32 (or the tensor's type)", model=name,
                              field=f"{field} data_type", line=line)
-                if not t.dims and not t.HasField("reshape"):
-                    if config.platform != "ensemble":
-                        self.add(ERROR, "empty-dims", path, "dims is empty",
-                                 "use dims: [ 1 ] for one value per batch item, with reshape: { shape: [ ] } "
-                                 "if the model takes a scalar", model=name, field=f"{field} dims", line=line)
+                if not t.dims and not t.HasField("reshape") and config.platform != "ensemble":
+                    self.add(ERROR, "empty-dims", path, "dims is empty",
+                             "use dims: [ 1 ] for one value per batch item, with reshape: { shape: [ ] } "
+                             "if the model takes a scalar", model=name, field=f"{field} dims", line=line)
                 bad = [d for d in t.dims if d == 0 or d < -1]
                 if bad:
                     self.add(ERROR, "bad-dims", path, f"dims {list(t.dims)} has {bad[0]}",

@@ -2,9 +2,10 @@
 
 Every case is a small repository written from text (config.pbtxt, model.py, ...). ``triton`` says
 what the real tritonserver (nvidia-pytriton's build: Python backend only) does with the broken model:
-True when it refuses to load it, None when that build cannot judge it (native backends, or a
-mistake Triton lets through that nbserve reports as a warning). tests/e2e/test_export_triton.py
-loads the Python-backend cases in a real tritonserver to keep these expectations honest.
+True when it refuses to load it (nbserve reports an error), False when it loads it anyway (nbserve
+warns), None when that build cannot judge it (native backends) or hangs on it.
+tests/e2e/test_export_triton.py loads the judgeable cases in a real tritonserver to keep these
+expectations honest.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class Case:
     code: str  # the Issue.code validate must report
     says: tuple[str, ...]  # text the message (str(issue)) must contain
     severity: str = "error"
-    triton: bool | None = True  # the real tritonserver refuses the model named `model`
+    triton: bool | None = True  # the real tritonserver refuses (True) or loads (False) the model `broken`
     model: str = "broken"
     line: int | None = None
     needs: tuple[str, ...] = ()  # packages the case's model files are made with
@@ -202,7 +203,7 @@ CASES = [
          python_model("broken", GOOD_CONFIG.format(name="broken").replace("max_batch_size: 8", "max_batch_size: 0")
                       + "dynamic_batching { }\n"),
          "batching-needs-max-batch-size", ("dynamic_batching needs max_batch_size > 0", "does nothing"),
-         severity="warning", triton=None),  # Triton 2.51 loads it and batches nothing
+         severity="warning", triton=False),  # Triton 2.51 loads it and batches nothing
     Case("preferred-batch-size-too-large",
          python_model("broken", GOOD_CONFIG.format(name="broken") + "dynamic_batching { preferred_batch_size: [ 4, 16 ] }\n"),
          "preferred-batch-size", ("preferred_batch_size 16 is outside 1..max_batch_size (8)", "raise max_batch_size to 16"),
@@ -226,7 +227,7 @@ CASES = [
          python_model("broken", GOOD_CONFIG.format(name="broken").replace(
              'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]',
              'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]')),
-         "duplicate-tensor", ("input 'x' is declared twice",), severity="warning", triton=None),  # Triton loads it
+         "duplicate-tensor", ("input 'x' is declared twice",), severity="warning", triton=False),
     Case("version-policy-selects-nothing",
          python_model("broken", GOOD_CONFIG.format(name="broken") + "version_policy { specific { versions: [ 3 ] } }\n"),
          "version-policy", ("selects none of the version folders [1]",), line=6),
@@ -237,7 +238,7 @@ CASES = [
          python_model("broken", GOOD_CONFIG.format(name="broken").replace(
              'backend: "python"', 'platform: "onnxruntime_onnx"\nbackend: "python"')),
          "platform-backend-mismatch", ('platform "onnxruntime_onnx" is run by backend "onnxruntime", not "python"',
-                                       'Triton uses backend "python"'), severity="warning", triton=None, line=3),
+                                       'Triton uses backend "python"'), severity="warning", triton=False, line=3),
     Case("file-of-another-backend",
          {"broken/config.pbtxt": GOOD_CONFIG.format(name="broken").replace('backend: "python"', 'platform: "pytorch_libtorch"'),
           "broken/1/model.onnx": "not really onnx"},
@@ -249,9 +250,9 @@ CASES = [
     Case("model-py-without-class", python_model("broken", model_py="import numpy as np\n\nclass Model:\n    pass\n"),
          "python-model-class", ("defines no class TritonPythonModel",)),
     Case("no-backend", python_model("broken", GOOD_CONFIG.format(name="broken").replace('backend: "python"\n', "")),
-         "no-backend", ("neither platform nor backend", 'add backend: "python"'), severity="warning", triton=None),
+         "no-backend", ("neither platform nor backend", 'add backend: "python"'), severity="warning", triton=False),
     Case("no-config", {"broken/1/model.py": MODEL_PY}, "no-config",
-         ("has no config.pbtxt", "auto-completes", 'backend: "python"'), severity="warning", triton=None),
+         ("has no config.pbtxt", "auto-completes", 'backend: "python"'), severity="warning", triton=False),
     Case("no-config-no-model-file", {"broken/1/weights.bin": "x"}, "no-config",
          ("has no config.pbtxt, and no model file", 'name: "broken"'), triton=None),
     # ----------------------------------------------------------------- ensembles (with a working "double")

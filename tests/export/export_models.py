@@ -112,7 +112,8 @@ def register_pipeline(registry: Any) -> dict[str, dict[str, Any]]:
     """An nbserve.Ensemble of two Python steps: words -> a length score."""
     import nbserve
 
-    registry.register(words, name="words", example={"text": TEXT})
+    if "words" not in registry:
+        registry.register(words, name="words", example={"text": TEXT})
     registry.register(lambda count: (count.astype(np.float32) * 0.5 + 1.0), name="score",
                       example={"count": np.ones((2, 1), np.int32)})
     ens = (nbserve.Ensemble("pipeline", max_batch_size=64).input("text", "BYTES", [1])

@@ -212,8 +212,13 @@ def test_a_failing_writer_fails_the_whole_export(registry, tmp_path):
     import threading
 
     lock = threading.Lock()
+
+    def holds_a_lock(x):
+        with lock:
+            return x
+
     registry.register(lambda x: x, name="fine", example=np.ones((1, 2), "float32"))
-    registry.register(lambda x: x if lock else x, name="holds_a_lock", example=np.ones((1, 2), "float32"))
+    registry.register(holds_a_lock, example=np.ones((1, 2), "float32"))
     with pytest.raises(ExportError, match="holds_a_lock.*cannot be serialized"):
         nbserve.export(tmp_path / "repo", registry=registry)
     assert list(tmp_path.iterdir()) == []
@@ -313,3 +318,14 @@ def test_cli_exports_what_a_script_registers(tmp_path):
                               str(tmp_path / "repo")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert refused.returncode == 1 and "nbserve export: error:" in refused.stderr
     assert "not written by nbserve" in refused.stderr
+
+
+def test_nbserve_export_is_the_function_even_after_importing_the_package(registry, tmp_path):
+    """Importing nbserve.export.<module> binds the package to nbserve.export: the package is callable."""
+    import importlib
+
+    package = importlib.import_module("nbserve.export")
+    importlib.import_module("nbserve.export.validate")
+    registry.register(lambda x: x, name="same", example=np.ones((1, 2), "float32"))
+    assert package(tmp_path / "repo", registry=registry).names == ["same"]
+    assert nbserve.export(tmp_path / "again", registry=registry).names == ["same"]

@@ -70,7 +70,7 @@ def test_compare_handles_shapes_dtypes_and_bytes():
     a = np.array([[1.0, 2.0]], np.float32)
     assert compare(a, a, 1e-5, 1e-6) == (0.0, 0.0, True, "")
     assert compare(a.astype(np.float64), a, 1e-5, 1e-6)[2:] == (False, "dtype float64 instead of float32")
-    max_abs, max_rel, ok, note = compare(a[:, :1], a, 1e-5, 1e-6)
+    max_abs, _, ok, note = compare(a[:, :1], a, 1e-5, 1e-6)
     assert math.isnan(max_abs) and not ok and note == "shape [1, 1] instead of [1, 2]"
     assert compare(TEXT, TEXT.copy(), 0, 0)[2] is True
     assert compare(TEXT[::-1], TEXT, 0, 0)[2:] == (False, "BYTES values differ")
