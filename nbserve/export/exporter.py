@@ -249,7 +249,21 @@ def _select(registry: Registry, models: str | Iterable[Any] | None) -> tuple[lis
                     auto.add(step.model_name)
                     todo.append(registry.get(step.model_name))
     order = {n: i for i, n in enumerate(registry.names())}
-    return sorted((registry.get(n) for n in names), key=lambda m: order.get(m.name, 0)), auto
+    chosen = sorted((registry.get(n) for n in names), key=lambda m: order.get(m.name, 0))
+    for model in chosen:
+        for entry in model.versions.values():
+            # A Python model read from a repository has no callable here, only the model.py that ran:
+            # the Python writer would pickle nothing. Copying the repository keeps its files.
+            if entry.backend == "python" and entry.obj is None and not hasattr(entry.options.get("runner"), "fn"):
+                raise ExportError(
+                    "this Python model was read from a repository, so its code is not in the kernel",
+                    model=model.name,
+                    version=entry.version,
+                    hint="export the repository itself: nbserve.export(path, source='that/repository'), "
+                    "or register the function again",
+                )
+    return chosen, auto
+
 
 
 def _select_folders(source: Path, models: str | Iterable[Any] | None, target: Path) -> list[str]:

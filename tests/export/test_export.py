@@ -329,3 +329,17 @@ def test_nbserve_export_is_the_function_even_after_importing_the_package(registr
     registry.register(lambda x: x, name="same", example=np.ones((1, 2), "float32"))
     assert package(tmp_path / "repo", registry=registry).names == ["same"]
     assert nbserve.export(tmp_path / "again", registry=registry).names == ["same"]
+
+
+def test_python_models_read_from_a_repository_are_exported_by_copying_the_repository(registry, tmp_path):
+    registry.register(lambda x: x * 2, name="double", example=np.ones((1, 2), "float32"))
+    first = nbserve.export(tmp_path / "first", registry=registry).path
+    back = nbserve.read_repository(first)
+    try:
+        with pytest.raises(ExportError, match="read from a repository.*source="):
+            nbserve.export(tmp_path / "second", registry=back)
+    finally:
+        back.clear()
+    copied = nbserve.export(tmp_path / "second", source=first)
+    answers = read_back_answers(copied.path, {"double": {"x": np.ones((1, 2), "float32")}})
+    assert answers["double"]["output_0"].tolist() == [[2.0, 2.0]]
