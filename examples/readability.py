@@ -8,7 +8,7 @@ in parallel; ``postprocess`` blends the two scores with a weight input::
                        └─ features ── trees ─┘        │
     weight ───────────────────────────────────────────┘
 
-    python examples/readability.py      # register, serve, score a few texts, print a trace
+    python examples/readability.py [OUT] [--torch]   # register, serve, score, benchmark, export OUT
 
 Every model is built here in a second from generated data. ``bert`` comes in two forms that compute
 the same function: a torch module (``torch_bert``) and a NumPy callable (``NumpyBert``), which runs
@@ -221,20 +221,49 @@ def by_hand(registry: Any, text: np.ndarray, weight: np.ndarray) -> np.ndarray:
         {"bert": bert["logits"], "trees": trees["output__0"], "weight": weight})["score"]
 
 
-def main() -> None:
-    registry = register_models(nbserve.Registry(), python_only=True)
+def main(argv: list[str] | None = None) -> None:
+    """Register the four models and the ensemble, serve, score a few texts, benchmark, export."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="The readability pipeline: register, ensemble, serve, "
+                                     "benchmark, export.")
+    parser.add_argument("out", nargs="?", help="export the repository here (default: a temporary folder)")
+    parser.add_argument("--torch", action="store_true",
+                        help="bert as a torch module and trees as the scikit-learn forest (default: both as "
+                        "Python callables, which any tritonserver with the Python backend runs)")
+    args = parser.parse_args(argv)
+
+    # 1. Register: preprocess, bert, trees, postprocess, and the ensemble that wires them.
+    registry = register_models(nbserve.Registry(), python_only=not args.torch)
     registry.register(build_ensemble())
     print(registry.models(), end="\n\n")
+
     text = np.array([[b"The cat sat on the mat."],
                      [b"Extraordinarily complicated sentence structures characterize bureaucratic documentation."]],
                     dtype=object)
     weight = np.full((2, 1), 0.7, np.float32)
     with nbserve.serve(registry, grpc=False, metrics=False) as server:
+        # 2. Serve and score: one request runs the four steps, bert and trees in parallel.
         result = server.infer("readability", {"text": text, "weight": weight}, trace=True)
-    print("score:", result["score"].ravel(), " by hand:", by_hand(registry, text, weight).ravel())
-    for step in result.trace:
-        print(f"  step {step['step']} {step['model']:<12} queue {step['queue_us']:8.0f} us  compute "
-              f"{step['compute_us']:8.0f} us  ({step['start_us']:.0f} -> {step['end_us']:.0f} us)")
+        print("score:", result["score"].ravel(), " by hand:", by_hand(registry, text, weight).ravel())
+        for step in result.trace:
+            print(f"  step {step['step']} {step['model']:<12} queue {step['queue_us']:8.0f} us  compute "
+                  f"{step['compute_us']:8.0f} us  ({step['start_us']:.0f} -> {step['end_us']:.0f} us)")
+
+        # 3. Benchmark the ensemble over HTTP with generated texts, as a client would send them.
+        requests = [{"text": np.array([[t.encode()]], dtype=object), "weight": np.full((1, 1), 0.7, np.float32)}
+                    for t in generated_texts(32, seed=1)]
+        run = nbserve.bench(server, "readability", concurrency=[1, 8], protocol="http", inputs=requests,
+                            measurement_interval_ms=300, warmup_s=0.1, max_windows=3, live=False)
+        print(f"\n{run.table()}\n")
+
+    # 4. Export the production repository (the ensemble brings its steps) and validate it.
+    with tempfile.TemporaryDirectory() as scratch:
+        report = nbserve.export(args.out or f"{scratch}/readability_repository", ["readability"], registry=registry)
+        print(report)
+        print(nbserve.validate(report.path).summary())
+    registry.clear()
 
 
 if __name__ == "__main__":
