@@ -134,6 +134,11 @@ def _write_model(root: Path, versions: list[ModelVersion], options: dict[str, An
     for entry in sorted(versions, key=lambda e: e.version):
         writer = _writer(entry.backend)
         version_dir = model_dir / str(entry.version)
+        source_dir = entry.options.get("source_dir")
+        if entry.obj is None and source_dir is not None and Path(source_dir).is_dir():
+            shutil.copytree(source_dir, version_dir)
+            written = entry.config
+            continue
         version_dir.mkdir()
         config = writer.write(
             entry.obj,
@@ -257,6 +262,8 @@ def load_model_dir(model_dir: Path, config: ModelConfig, registry: Registry) -> 
     for version in versions:
         adapted = module.read(config, folders[version])
         entry = entry_from_adapted(config.name, version, config, adapted, module.name)
+        # A model read from files has no live object to serialize again: writing it copies its files.
+        entry.options["source_dir"] = folders[version]
         registry.add(entry)
         loaded.append(entry)
     return loaded

@@ -421,3 +421,13 @@ def test_written_config_is_what_the_registry_holds(registry, tmp_path):
     written = parse((repo / "scale" / "config.pbtxt").read_text())
     assert written == model.config
     assert render(written) == model.pbtxt
+
+
+def test_a_repository_read_back_writes_again_by_copying_its_files(tmp_path):
+    reg = Registry()
+    reg.register(lambda x: x * 2, name="double", example=np.ones((1, 3), "float32"))
+    first = read_repository(write_repository(tmp_path / "a", reg.models()))
+    second = read_repository(write_repository(tmp_path / "b", first.models()))
+    x = np.ones((2, 3), "float32")
+    assert second.get("double").infer({"x": x})["output_0"].tolist() == (x * 2).tolist()
+    assert (tmp_path / "b" / "double" / "1" / "model.py").read_text() == (tmp_path / "a" / "double" / "1" / "model.py").read_text()

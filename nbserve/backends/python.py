@@ -9,6 +9,7 @@ repository runs any Python-backend ``model.py`` through a shim of ``triton_pytho
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import json
@@ -213,10 +214,16 @@ def model_py_source() -> str:
 
 def _is_installed(module_name: str) -> bool:
     """True for the standard library and installed distributions (importable wherever Triton runs)."""
+    top = module_name.split(".")[0]
+    return top in sys.stdlib_module_names or top in _distribution_packages()
+
+
+@functools.lru_cache(maxsize=1)
+def _distribution_packages() -> frozenset[str]:
+    # Scanning every installed distribution takes seconds: once per process is enough.
     import importlib.metadata
 
-    top = module_name.split(".")[0]
-    return top in sys.stdlib_module_names or top in importlib.metadata.packages_distributions()
+    return frozenset(importlib.metadata.packages_distributions())
 
 
 @contextlib.contextmanager
