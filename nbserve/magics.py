@@ -246,7 +246,7 @@ class NbserveMagics(Magics):
             return self._help(args.topic)
         try:
             return getattr(self, f"_{args.command}")(args)
-        except _NBSERVE_ERRORS() as exc:
+        except _nbserve_errors() as exc:
             raise UsageError(f"%nbserve {args.command}: {exc}") from None
 
     @cell_magic("nbserve_model")
@@ -278,7 +278,7 @@ class NbserveMagics(Magics):
                              f"--function takes a name the cell assigns; it defines {', '.join(defined) or 'no function'}")
         try:
             return self._register_object(args.name, self.shell.user_ns[target], args, "%%nbserve_model")
-        except _NBSERVE_ERRORS() as exc:
+        except _nbserve_errors() as exc:
             raise UsageError(f"%%nbserve_model {args.name}: {exc}") from None
 
     # --------------------------------------------------------------------- subcommands
@@ -483,7 +483,7 @@ def _served_statistics(server: Any) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _NBSERVE_ERRORS() -> type[Exception]:
+def _nbserve_errors() -> type[Exception]:
     from .errors import NbserveError
 
     return NbserveError
@@ -564,7 +564,7 @@ def complete(text_until_cursor: str, user_names: Iterable[str] = ()) -> list[str
         parser = build_cell_parser()
         if current.startswith("-"):
             return _options(parser, current)
-        return _models(current) if not _after_option(words) and not _positionals(parser, words) else None
+        return _models(current) if not _after_option(parser, words) and not _positionals(parser, words) else None
     if not words:
         return [s for s in SUBCOMMANDS if s.startswith(current)]
     command, positional = words[0], words[1:]
@@ -575,7 +575,7 @@ def complete(text_until_cursor: str, user_names: Iterable[str] = ()) -> list[str
         return _options(parser, current)
     if positional and positional[-1] == "--models":  # a comma list: complete its last name
         return _models(current.rpartition(",")[2])
-    if _after_option(positional):
+    if _after_option(parser, positional):
         return None
     count = _positionals(parser, positional)
     if command in _MODEL_ARGUMENT and count == 0:
@@ -604,9 +604,9 @@ def _takes_value(parser: argparse.ArgumentParser, option: str) -> bool:
     return False
 
 
-def _after_option(words: Sequence[str]) -> bool:
+def _after_option(parser: argparse.ArgumentParser, words: Sequence[str]) -> bool:
     """True when the word being typed is the value of the option before it (not a positional)."""
-    return bool(words) and words[-1].startswith("-")
+    return bool(words) and words[-1].startswith("-") and _takes_value(parser, words[-1])
 
 
 def _positionals(parser: argparse.ArgumentParser, words: Sequence[str]) -> int:

@@ -360,6 +360,7 @@ def test_model_names_complete_from_the_registry(clean_default_registry):
     assert complete("%nbserve bench ") == ["alpha", "beta"]
     assert complete("%nbserve sweep a") == ["alpha"]
     assert complete("%nbserve bench alpha ") is None  # one model per bench
+    assert complete("%nbserve bench --no-live al") == ["alpha"]  # a flag takes no value
     assert complete("%nbserve register alpha ", ["alpha_model", "_hidden", "beta"]) == ["alpha_model", "beta"]
     assert complete("%nbserve register alpha al", ["alpha_model"]) == ["alpha_model"]
     assert complete("%nbserve export out --models alpha,") == ["alpha", "beta"]
