@@ -252,9 +252,10 @@ def _select(registry: Registry, models: str | Iterable[Any] | None) -> tuple[lis
     chosen = sorted((registry.get(n) for n in names), key=lambda m: order.get(m.name, 0))
     for model in chosen:
         for entry in model.versions.values():
-            # A Python model read from a repository has no callable here, only the model.py that ran:
-            # the Python writer would pickle nothing. Copying the repository keeps its files.
-            if entry.backend == "python" and entry.obj is None and not hasattr(entry.options.get("runner"), "fn"):
+            # A Python model with no callable and no folder it was read from has nothing to write
+            # (models read from a repository are written by copying their files).
+            if (entry.backend == "python" and entry.obj is None and not hasattr(entry.options.get("runner"), "fn")
+                    and entry.options.get("source_dir") is None):
                 raise ExportError(
                     "this Python model was read from a repository, so its code is not in the kernel",
                     model=model.name,
