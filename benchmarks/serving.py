@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="OPENBLAS/OMP/MKL_NUM_THREADS for this process and every server (default 1; 0 leaves "
                         "the library default, whose multithreaded GEMM at batch 64 stalls for tens of ms on a "
                         "busy 2-core machine)")
+    parser.add_argument("--only", choices=["http", "grpc"], default=None,
+                        help="measure only this network protocol (nbserve and Triton): no in-process rows, no "
+                        "subprocess server")
     parser.add_argument("--out", default=str(HERE / "results"), help="directory for the JSON results")
     args = parser.parse_args(argv)
     run_started = time.perf_counter()
@@ -441,14 +444,14 @@ def main(argv: list[str] | None = None) -> int:
                                     server.grpc_address if has["grpc"] else None, lambda: [os.getpid()])
 
         # --- in-process API
-        for level in levels:
+        for level in levels if args.only is None else ():
             progress(f"in-process ainfer/infer, concurrency {level}")
             rows.append(measure_ainfer(server, level, settings["warmup_s"], settings["window_s"]))
             rows.append(measure_infer_threads(server, level, settings["warmup_s"], settings["window_s"]))
 
         # --- over the network, nbserve and Triton back to back, alternating who goes first
         flip = False
-        for protocol in ("http", "grpc"):
+        for protocol in ("http", "grpc") if args.only is None else (args.only,):
             for level in levels:
                 order = ["nbserve", "triton"] if not flip else ["triton", "nbserve"]
                 flip = not flip
@@ -469,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         server = None
 
         # --- the subprocess server: readiness, memory, and optionally its throughput
-        if has["http"] and has["grpc"]:
+        if args.only is not None:
+            pass  # --only: the network protocol alone
+        elif has["http"] and has["grpc"]:
             from nbserve.serving.child import SubprocessServer
 
             progress("starting nbserve (subprocess mode)")
