@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -269,9 +270,12 @@ class _Routes:
                 else "send the whole body that Content-Length announces",
             ) from None
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request) -> web.StreamResponse | _Sent:
         match = request.match_info
-        model = match["model"]
+        return await self.infer_on(request, match["model"], match.get("version"))
+
+    async def infer_on(self, request: web.BaseRequest, model: str, version: str | None) -> web.StreamResponse | _Sent:
+        """The inference handler proper; ``model`` and ``version`` come from the path."""
         try:
             # One copy into a bytearray makes the binary inputs writable views: models may change
             # their inputs in place (as in Triton's Python backend), and a request batched with
@@ -284,7 +288,7 @@ class _Routes:
             result = await core.infer(
                 model,
                 decoded.inputs,
-                version=match.get("version"),
+                version=version,
                 outputs=decoded.outputs,
                 priority=decoded.priority,
                 timeout_us=decoded.timeout_us,
@@ -297,13 +301,23 @@ class _Routes:
             return _nbserve_error(exc)
         except Exception as exc:
             return _internal_error(request, exc)
+        accept = request.headers.get("Accept-Encoding")
+        encoding = None
+        if accept and len(payload) >= _COMPRESS_MIN_BYTES:
+            payload, encoding = _compress(payload, accept)
+        transport = request.transport
+        if len(payload) <= _RAW_WRITE_MAX_BYTES and transport is not None and not transport.is_closing():
+            # The whole response in one write, without aiohttp's Response machinery (header
+            # multidicts, prepare, write_eof): on a saturated event loop that is a large share
+            # of the per-request work. Large bodies go through aiohttp, which applies backpressure.
+            transport.write(_response_head(request, len(payload), json_length, encoding) + payload)
+            return _Sent(request.keep_alive)
         if json_length is None:
             headers = {"Content-Type": _JSON}
         else:
             headers = {"Content-Type": _BINARY, HEADER_LENGTH: str(json_length)}
-        accept = request.headers.get("Accept-Encoding")
-        if accept and len(payload) >= _COMPRESS_MIN_BYTES:
-            payload = _compress(payload, accept, headers)
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
         return web.Response(body=payload, headers=headers)
 
     # ------------------------------------------------------------------ everything else
@@ -365,8 +379,11 @@ class UnsupportedEncoding(InvalidInput):
                          hint="compress the request with gzip or deflate, or not at all")
 
 
-def _compress(payload: bytes, accept: str, headers: dict[str, str]) -> bytes:
-    """Triton's choice of response encoding: the highest-weighted of identity, deflate and gzip."""
+def _compress(payload: bytes, accept: str) -> tuple[bytes, str | None]:
+    """Triton's choice of response encoding: the highest-weighted of identity, deflate and gzip.
+
+    Returns the body to send and its Content-Encoding (None: uncompressed).
+    """
     best, weight = "identity", 0.0
     for part in accept.split(","):
         name, _, q = part.strip().partition(";")
@@ -384,9 +401,50 @@ def _compress(payload: bytes, accept: str, headers: dict[str, str]) -> bytes:
     elif best == "deflate":
         compressor = zlib.compressobj()
     else:
-        return payload
-    headers["Content-Encoding"] = best
-    return compressor.compress(payload) + compressor.flush()
+        return payload, None
+    return compressor.compress(payload) + compressor.flush(), best
+
+
+# Responses up to this size are written straight to the transport (see _Routes.infer_on).
+_RAW_WRITE_MAX_BYTES = 256 * 1024
+
+
+def _response_head(request: web.BaseRequest, length: int, json_length: int | None, encoding: str | None) -> bytes:
+    """The status line and headers of a 200 inference response, as aiohttp would write them."""
+    version = request.version
+    keep_alive = request.keep_alive
+    if json_length is None:
+        head = f"HTTP/{version.major}.{version.minor} 200 OK\r\nContent-Type: application/json\r\n"
+    else:
+        head = (f"HTTP/{version.major}.{version.minor} 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                f"{HEADER_LENGTH}: {json_length}\r\n")
+    if encoding is not None:
+        head += f"Content-Encoding: {encoding}\r\n"
+    # The same Connection header rules as aiohttp's StreamResponse.
+    if keep_alive:
+        if version.minor == 0 and version.major == 1:
+            head += "Connection: keep-alive\r\n"
+    elif version.minor == 1 and version.major == 1:
+        head += "Connection: close\r\n"
+    return f"{head}Content-Length: {length}\r\nDate: {rfc822_formatted_time()}\r\n\r\n".encode()
+
+
+class _Sent:
+    """What a handler returns once it wrote its whole response to the transport itself.
+
+    aiohttp's request loop only calls ``prepare``/``write_eof`` and reads ``keep_alive``.
+    """
+
+    __slots__ = ("keep_alive",)
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 def _with_token(handler: Handler, token: str) -> Handler:
