@@ -46,6 +46,7 @@ class TransportSpec:
     payloads: tuple[Any, ...] = ()     # encoded requests (http: bytes; grpc: bytes); in-process: input dicts
     token: str | None = None
     timeout_s: float | None = None     # per request, gRPC only (HTTP relies on the run's halt timeout)
+    grpc_engine: str = "auto"          # "core" (grpc's C core, see _grpc_core), "aio", or "auto": core if it can
 
 
 def encode_http(spec_model: str, version: str, address: str, inputs: Mapping[str, np.ndarray],

@@ -16,10 +16,9 @@ from typing import Any
 
 
 def serve(conn: multiprocessing.connection.Connection) -> None:
-    from ._engine import EngineHost
-    from ._transports import make_transport
+    from .generator import make_host
 
-    host: EngineHost | None = None
+    host: Any = None
     try:
         while True:
             try:
@@ -31,8 +30,7 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
             try:
                 value: Any = None
                 if command == "setup":
-                    spec = argument
-                    host = EngineHost(lambda: make_transport(spec), name=f"nbserve-bench-{spec.protocol}")
+                    host = make_host(argument)
                 elif host is None:
                     raise RuntimeError("the generator was not set up")
                 elif command == "start":

@@ -1,7 +1,7 @@
 """Load generators: where the load loop runs, behind one blocking API for the orchestrator.
 
-* :class:`LocalGenerator` — a thread with its own event loop in this process. Used for the
-  in-process API (it has to share the server's process to call it).
+* :class:`LocalGenerator` — the load loop on threads of this process. Used for the in-process API
+  (it has to share the server's process to call it).
 * :class:`ProcessGenerator` — a child process (``python -m nbserve.bench._worker``) for HTTP and
   gRPC, so the client never competes with an in-kernel server for the GIL. Commands and records
   travel over a ``multiprocessing`` pipe; the child exits when told, or by itself when the pipe
@@ -35,16 +35,26 @@ __all__ = ["LocalGenerator", "ProcessGenerator", "GeneratorGroup", "make_generat
 _ANSWER_S = 30.0  # how long the child may take to answer a command (a halt adds its own timeout)
 
 
+def make_host(spec: TransportSpec, core: Any = None) -> Any:
+    """The load loop for ``spec`` in this process: grpc's C-core host for gRPC where it can run
+    (see :mod:`._grpc_core`), else an :class:`EngineHost` with the spec's transport."""
+    if spec.protocol == "grpc" and spec.grpc_engine in ("auto", "core"):
+        from . import _grpc_core
+
+        if _grpc_core.available():
+            return _grpc_core.CoreGrpcHost(spec)
+        if spec.grpc_engine == "core":
+            raise ServerStateError("grpc's C-core layer is not usable with this grpcio",
+                                   hint='use grpc_engine="aio" (or "auto")')
+    return EngineHost(lambda: make_transport(spec, core), name=f"nbserve-bench-{spec.protocol}")
+
+
 class LocalGenerator:
     """The load loop on a thread of this process."""
 
     def __init__(self, spec: TransportSpec, core: Any = None) -> None:
         self.spec = spec
-        self._host = EngineHost(lambda: make_transport(spec, core), name=f"nbserve-bench-{spec.protocol}")
-
-    @property
-    def threads(self) -> list[Any]:
-        return [self._host.thread]
+        self._host = make_host(spec, core)
 
     def start(self, load: Load) -> None:
         self._host.start(load)

@@ -117,7 +117,7 @@ def summarize(starts_ns: np.ndarray, ends_ns: np.ndarray, *, duration_s: float, 
 
     Returns:
         ``requests``, ``errors``, ``requests_per_s``, ``infer_per_s``, ``avg_ms``, ``p50_ms``,
-        ``p90_ms``, ``p95_ms``, ``p99_ms``, ``max_ms`` (latencies None without requests).
+        ``p90_ms``, ``p95_ms``, ``p99_ms``, ``min_ms``, ``max_ms`` (latencies None without requests).
     """
     latencies_ms = (np.asarray(ends_ns, np.int64) - np.asarray(starts_ns, np.int64)) / 1e6
     count = int(latencies_ms.size)
@@ -128,9 +128,10 @@ def summarize(starts_ns: np.ndarray, ends_ns: np.ndarray, *, duration_s: float, 
         values = np.percentile(latencies_ms, PERCENTILES)
         out["avg_ms"] = float(latencies_ms.mean())
         out.update({f"p{p}_ms": float(v) for p, v in zip(PERCENTILES, values)})
+        out["min_ms"] = float(latencies_ms.min())
         out["max_ms"] = float(latencies_ms.max())
     else:
-        out.update(dict.fromkeys(["avg_ms", *(f"p{p}_ms" for p in PERCENTILES), "max_ms"], None))
+        out.update(dict.fromkeys(["avg_ms", *(f"p{p}_ms" for p in PERCENTILES), "min_ms", "max_ms"], None))
     return out
 
 

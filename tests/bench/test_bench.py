@@ -21,15 +21,18 @@ def test_latency_of_a_model_with_a_known_delay(server, protocol):
     delay_ms = SLOW_S * 1000
     # Concurrency 1: each request is the model's 20 ms plus the path's overhead (under a millisecond
     # on a quiet machine; a loaded 2-core machine, 4-5 runnable processes per core, adds a few ms).
-    # The sleep never ends early, so nothing may come in under 20 ms.
-    assert delay_ms <= one["p50_ms"] <= delay_ms + 8
-    assert delay_ms <= one["p90_ms"] <= one["p99_ms"] <= delay_ms + 25
+    # The sleep never ends early, so no request may be measured under 20 ms. The tail is what the
+    # machine did: with ~80 requests p99 is nearly the maximum, and one scheduling stall of a loaded
+    # machine lands there, so it is only held to order (p90 is the tail that is checked).
+    assert delay_ms <= one["min_ms"] <= one["p50_ms"] <= delay_ms + 8
+    assert one["p50_ms"] <= one["p90_ms"] <= delay_ms + 20
+    assert one["p90_ms"] <= one["p95_ms"] <= one["p99_ms"] <= one["max_ms"]
     assert one["requests_per_s"] == pytest.approx(1000 / one["avg_ms"], rel=0.1)
     assert one["server_compute_infer_ms"] == pytest.approx(delay_ms, abs=4)
     assert one["server_queue_ms"] < 3
     # Concurrency 3 on one instance without batching: requests queue behind each other, so the
     # latency triples while throughput stays at one model call per 20 ms; the server says why.
-    assert 3 * delay_ms <= three["p50_ms"] <= 3 * delay_ms + 12
+    assert 2 * delay_ms <= three["min_ms"] and 3 * delay_ms <= three["p50_ms"] <= 3 * delay_ms + 12
     assert three["requests_per_s"] == pytest.approx(1000 / delay_ms, rel=0.15)
     assert three["server_queue_ms"] == pytest.approx(2 * delay_ms, abs=8)
     assert three["server_batch_sizes"] == {1: three["server_executions"]}

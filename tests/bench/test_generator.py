@@ -10,7 +10,8 @@ import pytest
 import nbserve
 from nbserve.errors import ServerStateError
 from nbserve.bench._engine import Load, Records, arrival_gaps_ns
-from nbserve.bench._transports import TransportSpec
+from nbserve.bench import _grpc_core
+from nbserve.bench._transports import TransportSpec, encode_grpc
 from nbserve.bench.generator import LocalGenerator
 from nbserve.bench.run import bench
 
@@ -62,12 +63,46 @@ def test_failed_requests_are_counted_on_both_sides(server):
     assert "HTTP 500" in message and "negative input" in message
 
 
+def _spec(server, protocol: str, engine: str = "auto") -> TransportSpec:
+    x = np.ones((1, 4), "float32")
+    if protocol == "grpc":
+        return TransportSpec(protocol="grpc", model="double", address=server.grpc_address,
+                             payloads=(encode_grpc("double", "", {"x": x}),), grpc_engine=engine)
+    return TransportSpec(protocol="inprocess", model="double", payloads=({"x": x},))
+
+
+def _success_count(server) -> int:
+    return server.core.model_statistics("double")["model_stats"][0]["inference_stats"]["success"]["count"]
+
+
+@pytest.mark.parametrize("engine", ["core", "aio"])
+def test_both_grpc_engines_count_exactly(server, engine):
+    # "core" drives grpc's C core directly (the default where it can); "aio" is the fallback.
+    if engine == "core" and not _grpc_core.available():
+        pytest.skip("grpc's C-core layer is not usable with this grpcio")
+    before = _success_count(server)
+    generator = LocalGenerator(_spec(server, "grpc", engine))
+    parts: list[Records] = []
+    try:
+        assert isinstance(generator._host, _grpc_core.CoreGrpcHost) is (engine == "core")
+        generator.start(Load("concurrency", 4))
+        wait_for(lambda: parts.append(generator.take()) or sum(len(p.ok) for p in parts) >= 300, what="300 answers")
+        parts.append(generator.halt())
+        generator.start(Load("rate", 300.0))  # the next level on the same generator
+        wait_for(lambda: parts.append(generator.take()) or sum(len(p.ok) for p in parts) >= 400, what="100 more")
+        parts.append(generator.halt())
+    finally:
+        generator.close()
+    total = Records.merge(parts)
+    assert total.sent == len(total.ok) == _success_count(server) - before and len(total.failed) == 0
+
+
 # ----------------------------------------------------------------------------- open loop rate
 @pytest.mark.parametrize("distribution", ["constant", "poisson"])
-def test_open_loop_rate_accuracy(server, distribution):
+@pytest.mark.parametrize("protocol", ["inprocess", "grpc"])
+def test_open_loop_rate_accuracy(server, distribution, protocol):
     rate = 400.0
-    generator = LocalGenerator(TransportSpec(protocol="inprocess", model="double",
-                                             payloads=({"x": np.ones((1, 4), "float32")},)), server.core)
+    generator = LocalGenerator(_spec(server, protocol), server.core)
     parts: list[Records] = []
     try:
         generator.start(Load("rate", rate, distribution, seed=3))
@@ -109,14 +144,14 @@ def test_bench_reports_the_achieved_rate(server):
 
 
 # ----------------------------------------------------------------------------- stopping
-@pytest.mark.parametrize("protocol", ["inprocess", "http"])
+@pytest.mark.parametrize("protocol", ["inprocess", "http", "grpc"])
 def test_stopping_mid_run_leaves_no_thread_or_process(server, protocol):
     assert not bench_threads() and not generator_processes()
     run = bench(server, "double", concurrency=[2, 4, 8], protocol=protocol, background=True,
                 measurement_interval_ms=500, warmup_s=0.2, max_windows=50, stability_percentage=0.001, live=False)
     wait_for(lambda: len(run.window_rows) >= 1, what="one measured window")
     assert run.running and bench_threads()
-    assert len(generator_processes()) == (1 if protocol == "http" else 0)
+    assert len(generator_processes()) == (0 if protocol == "inprocess" else 1)
     run.stop()
     assert not run.running and run.status == "stopped"
     assert bench_threads() == []
