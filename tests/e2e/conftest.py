@@ -5,7 +5,7 @@ overrides /usr/bin/chromium). Tests skip when Playwright, JupyterLab or the brow
 
 Fixtures:
     jupyter_server  (session)  JupyterLab on 127.0.0.1:<free port>, isolated config, torn down by PID
-    browser         (session)  headless Chromium with network-closed flags
+    browser         (module)   headless Chromium with network-closed flags (closed after each module)
     lab             (function) a fresh browser context and page, with helpers to open a notebook,
                                run cells, read their output, drag with the real mouse, take screenshots
     shots_dir       (session)  where screenshots go: $NBSERVE_SHOTS, else <repo>/artifacts/screenshots
@@ -173,7 +173,10 @@ def shots_dir():
     return path
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an asyncio loop running in
+# the main thread, so every later test that runs a loop there (asyncio.run, run_until_complete:
+# tests/serving/, nbclient) would fail with "Cannot run the event loop while another loop is running".
+@pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason='needs the test extra: pip install "nbserve[test]"')
     if not Path(CHROMIUM).exists():
