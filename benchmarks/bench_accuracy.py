@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                 summary = {name: {key: _median([r[key] for r in rs])
                                   for key in ("infer_per_s", "p50_us", "p99_us", "client_cpu_cores")}
                            for name, rs in results.items()}
-                round_ratios = [nb["infer_per_s"] / pa["infer_per_s"] if nb["infer_per_s"] and pa["infer_per_s"] else None
-                                for pa, nb in zip(results["perf_analyzer"], results["nbserve"])]
+                round_ratios = [
+                    nb["infer_per_s"] / pa["infer_per_s"] if nb["infer_per_s"] and pa["infer_per_s"] else None
+                    for pa, nb in zip(results["perf_analyzer"], results["nbserve"])
+                ]
                 pa_tp, nb_tp = summary["perf_analyzer"]["infer_per_s"], summary["nbserve"]["infer_per_s"]
                 report["points"].append({
                     "protocol": protocol, "concurrency": level, **summary,
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['machine']['loadavg'][0]:.1f} at start / {report['machine']['loadavg_end'][0]:.1f} at end")
     report["table"] = print_table(report["points"])
     ratios = [p["ratio"] for p in report["points"] if p["ratio"] is not None]
-    low = [f"{p['protocol']} c={p['concurrency']}" for p in report["points"] if p["ratio"] is not None and p["ratio"] < GOAL]
+    low = [f"{p['protocol']} c={p['concurrency']}" for p in report["points"]
+           if p["ratio"] is not None and p["ratio"] < GOAL]
     report["verdict"] = (f"nbserve reaches {min(ratios):.2f}x-{max(ratios):.2f}x of perf_analyzer's throughput"
                          + (f"; below {GOAL:.2f} at {', '.join(low)}" if low else f" (goal {GOAL:.2f}: met everywhere)")
                          if ratios else "no comparable points")

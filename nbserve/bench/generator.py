@@ -80,6 +80,13 @@ class ProcessGenerator:
         # The child imports nbserve from wherever this process did (an editable checkout included).
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        if spec.protocol == "grpc" and "GRPC_EXPERIMENTS" not in env:
+            # grpcio's EventEngine client does socket I/O on its own threads and hands every
+            # completion to the queue our thread waits on: a thread hop per call. Without it the
+            # waiting thread does the I/O itself: measured here against Triton, 60 instead of 78 us
+            # of client CPU per call at concurrency 16, 125 instead of 165 us at concurrency 1.
+            # Only this process is affected; an unknown experiment name is logged and ignored.
+            env["GRPC_EXPERIMENTS"] = "-event_engine_client,-event_engine_for_all_other_endpoints"
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "nbserve.bench._worker", str(theirs.fileno())],

@@ -71,10 +71,10 @@ class LivePlot:
         for name, row, col, color in lines:
             figure.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name, line={"color": color}), row=row, col=col)
         figure.add_trace(go.Bar(x=[], y=[], name="executions", marker={"color": "#17becf"}), row=2, col=2)
-        figure.add_trace(go.Scatter(x=[], y=[], mode="lines+markers+text", name="p50 vs infer/s", text=[],
-                                    textposition="top center", cliponaxis=False, line={"color": "#2ca02c"}), row=3, col=1)
-        figure.add_trace(go.Scatter(x=[], y=[], mode="lines+markers+text", name="p99 vs infer/s", text=[],
-                                    textposition="top center", cliponaxis=False, line={"color": "#d62728"}), row=3, col=1)
+        for name, color in (("p50 vs infer/s", "#2ca02c"), ("p99 vs infer/s", "#d62728")):
+            figure.add_trace(go.Scatter(x=[], y=[], mode="lines+markers+text", name=name, text=[],
+                                        textposition="top center", cliponaxis=False, line={"color": color}),
+                             row=3, col=1)
         figure.update_xaxes(title_text="time (s)", row=1, col=1)
         figure.update_xaxes(title_text="time (s)", row=1, col=2)
         figure.update_xaxes(title_text="time (s)", row=2, col=1)

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput, NbserveError, ServerStateError
+from ..errors import InvalidInput
 from ._engine import Load, Records
 from .measure import PERCENTILES, ServerSnapshot, is_stable, summarize
 
@@ -243,6 +242,7 @@ class _Runner:
         generator, self.generator = self.generator, None
         if generator is not None:
             generator.close()
+        self.target.close()
 
     # --------------------------------------------------------------------- one level
     def _level(self, load: Load) -> None:
@@ -268,7 +268,9 @@ class _Runner:
                 if is_stable(windows, percentage=settings.stability_percentage, count=settings.stability_windows):
                     break
         finally:
-            state.add(self.generator.halt(settings.halt_timeout_s))
+            final = self.generator.halt(settings.halt_timeout_s)
+            state.add(final)
+            self._count_errors(final)
         after = self._settled_statistics(before, state.sent)
         if windows:
             row = self._row(level, windows, marks, state, before, after)
@@ -311,9 +313,12 @@ class _Runner:
             "level_batch_sizes": level_server["server_batch_sizes"],
         }
         self.run.timeline_rows.append(point)
-        for message, n in taken.messages.items():
-            self.run.errors[message] = self.run.errors.get(message, 0) + n
+        self._count_errors(taken)
         self.run._notify("on_tick", point)
+
+    def _count_errors(self, records: Records) -> None:
+        for message, n in records.messages.items():
+            self.run.errors[message] = self.run.errors.get(message, 0) + n
 
     def _window(self, state: _LevelState, start_ns: int, start_snapshot: ServerSnapshot, index: int,
                 level: dict[str, Any]) -> tuple[dict[str, Any], _Mark]:
@@ -529,41 +534,50 @@ def bench(
         raise InvalidInput("processes must be a whole number >= 1", got=processes, hint="processes=1")
     loads = _loads(concurrency, request_rate, distribution, max_outstanding, seed)
     target = resolve(server_or_url, protocol, token=token)
-    version_text = "" if version in (None, "") else str(version)
-    metadata = target.metadata(model, version_text)
-    max_batch = target.max_batch_size(model, version_text)
-    data = request_inputs(metadata, data=inputs, batch_size=batch_size, shapes=shapes, max_batch_size=max_batch,
-                          seed=seed)
-    if inputs is not None:
-        # Rows per request come from the data given (perf_analyzer counts inferences as rows).
-        batched = max_batch > 0 if max_batch is not None else batched_signature(metadata)
-        rows = [int(next(iter(d.values())).shape[0]) if batched and d else 1 for d in data]
-        settings = dataclasses.replace(settings, batch_size=sum(rows) / len(rows))
-    if target.protocol == "http":
-        payloads: tuple[Any, ...] = tuple(encode_http(model, version_text, target.address, d, target.token) for d in data)
-    elif target.protocol == "grpc":
-        payloads = tuple(encode_grpc(model, version_text, d) for d in data)
-    else:
-        payloads = tuple(data)
-    spec = TransportSpec(protocol=target.protocol, model=model, address=target.address, version=version_text,
-                         payloads=payloads, token=target.token, timeout_s=timeout_s)
-    run = BenchRun(
-        label=label or f"{model} ({target.protocol})", model=model, protocol=target.protocol,
-        settings={**dataclasses.asdict(settings), "target": target.label, "processes": processes,
-                  "distribution": distribution, "version": version_text, "seed": seed,
-                  "levels": [dataclasses.asdict(load) for load in loads]},
-    )
-    live_plot = None
-    if live:
-        from .live import LivePlot, in_notebook
+    try:  # until the runner owns them, the target's connections are closed here on failure
+        version_text = "" if version in (None, "") else str(version)
+        metadata = target.metadata(model, version_text)
+        max_batch = target.max_batch_size(model, version_text)
+        data = request_inputs(metadata, data=inputs, batch_size=batch_size, shapes=shapes, max_batch_size=max_batch,
+                              seed=seed)
+        if inputs is not None:
+            # Rows per request come from the data given (perf_analyzer counts inferences as rows).
+            batched = max_batch > 0 if max_batch is not None else batched_signature(metadata)
+            rows = [int(next(iter(d.values())).shape[0]) if batched and d else 1 for d in data]
+            settings = dataclasses.replace(settings, batch_size=sum(rows) / len(rows))
+        if target.protocol == "http":
+            payloads: tuple[Any, ...] = tuple(encode_http(model, version_text, target.address, d, target.token)
+                                              for d in data)
+        elif target.protocol == "grpc":
+            payloads = tuple(encode_grpc(model, version_text, d) for d in data)
+        else:
+            payloads = tuple(data)
+        spec = TransportSpec(protocol=target.protocol, model=model, address=target.address, version=version_text,
+                             payloads=payloads, token=target.token, timeout_s=timeout_s)
+        run = BenchRun(
+            label=label or f"{model} ({target.protocol})", model=model, protocol=target.protocol,
+            settings={**dataclasses.asdict(settings), "target": target.label, "processes": processes,
+                      "distribution": distribution, "version": version_text, "seed": seed,
+                      "levels": [dataclasses.asdict(load) for load in loads]},
+        )
+        live_plot = None
+        if live:
+            from .live import LivePlot, in_notebook
 
-        if in_notebook():
-            live_plot = LivePlot(run)  # before the generator: a missing plotly fails with nothing to undo
-    generator = make_generator(spec, core=target.core, processes=processes)
+            if in_notebook():
+                live_plot = LivePlot(run)  # before the generator: a missing plotly fails with nothing to undo
+        generator = make_generator(spec, core=target.core, processes=processes)
+    except BaseException:
+        target.close()
+        raise
     runner = _Runner(run, target, generator, loads, settings, model)
     if live_plot is not None:
         run.live_plot = live_plot
-        live_plot.show()
+        try:
+            live_plot.show()
+        except BaseException:
+            runner.close()
+            raise
     if background:
         run._thread = threading.Thread(target=runner, name="nbserve-bench", daemon=True)
         run._thread.start()

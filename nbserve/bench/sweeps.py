@@ -175,7 +175,8 @@ class SweepResult:
     def recommendation(self) -> str:
         """One sentence: what to use and why."""
         if self.best is None:
-            budget = f" within {self.latency_budget_ms} ms {self.latency.removesuffix('_ms')}" if self.latency_budget_ms else ""
+            budget = (f" within {self.latency_budget_ms} ms {self.latency.removesuffix('_ms')}"
+                      if self.latency_budget_ms is not None else "")
             return f"No config was measured{budget} without errors."
         best = self.best
         budget = f" within the {self.latency_budget_ms} ms budget" if self.latency_budget_ms is not None else ""
@@ -224,13 +225,16 @@ class SweepResult:
                              template="plotly_white")
 
     def __repr__(self) -> str:
-        return f"<SweepResult {self.model!r}: {len(self.configs)} configs, {len(self.rows)} points. {self.recommendation()}>"
+        return (f"<SweepResult {self.model!r}: {len(self.configs)} configs, {len(self.rows)} points. "
+                f"{self.recommendation()}>")
 
     def _repr_html_(self) -> str:
-        head = "<tr><th>config</th><th>concurrency</th><th>infer/s</th><th>p50 ms</th><th>p99 ms</th><th>pareto</th></tr>"
+        head = ("<tr><th>config</th><th>concurrency</th><th>infer/s</th><th>p50 ms</th><th>p99 ms</th>"
+                "<th>pareto</th></tr>")
         body = "".join(
             f"<tr><td>{html.escape(r['config'])}</td><td>{r['concurrency']}</td><td>{r['infer_per_s']:,.0f}</td>"
-            f"<td>{_ms(r.get('p50_ms'))}</td><td>{_ms(r.get('p99_ms'))}</td><td>{'★' if r.get('recommended') else ('•' if r.get('pareto') else '')}</td></tr>"
+            f"<td>{_ms(r.get('p50_ms'))}</td><td>{_ms(r.get('p99_ms'))}</td>"
+            f"<td>{'★' if r.get('recommended') else ('•' if r.get('pareto') else '')}</td></tr>"
             for r in self.rows
         )
         return f"<div><p>{html.escape(self.recommendation())}</p><table>{head}{body}</table></div>"

@@ -35,6 +35,18 @@ class Target:
         self.server = server  # the in-kernel Server object, when there is one
         self.token = token
         self.label = label or (f"{protocol}://{address}" if address else "in-process")
+        self._channel: Any = None
+        self._stub: Any = None
+        self._http: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        """Close the connections used to read the server (idempotent)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     # --------------------------------------------------------------------- reading the server
     def metadata(self, model: str, version: str = "") -> dict[str, Any]:
@@ -78,18 +90,22 @@ class Target:
 
     # --------------------------------------------------------------------- HTTP
     def _http_json(self, path: str, model: str) -> dict[str, Any]:
-        host, _, port = self.address.rpartition(":")
-        connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            connection.request("GET", path, headers=headers)
-            response = connection.getresponse()
-            body = response.read()
-        except OSError as exc:
-            raise ServerStateError(f"cannot reach the server at {self.address}: {exc}",
-                                   hint="check the URL and that the server is running") from None
-        finally:
-            connection.close()
+        for attempt in range(2):  # a kept-alive connection the server closed meanwhile is opened again
+            if self._http is None:
+                host, _, port = self.address.rpartition(":")
+                self._http = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+            try:
+                self._http.request("GET", path, headers=headers)
+                response = self._http.getresponse()
+                body = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self._http.close()
+                self._http = None
+                if attempt == 1:
+                    raise ServerStateError(f"cannot reach the server at {self.address}: {exc}",
+                                           hint="check the URL and that the server is running") from None
         data = _json_or_text(body)
         if response.status == 404:
             raise ModelNotFound(f"the server does not know this model: {_message(data)}", model=model,
@@ -106,18 +122,19 @@ class Target:
 
         request = getattr(service_pb2, f"{method}Request")(name=model, version=str(version or ""))
         metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
-        with grpc.insecure_channel(self.address) as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            try:
-                response = getattr(stub, method)(request, metadata=metadata, timeout=10)
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.NOT_FOUND:
-                    raise ModelNotFound(f"the server does not know this model: {exc.details()}", model=model) from None
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    raise ServerStateError(f"cannot reach the server at {self.address}: {exc.details()}",
-                                           hint="check the address and that the server is running") from None
-                raise ServerStateError(f"{method} failed: {code.name}: {exc.details()}", model=model) from None
+        if self._stub is None:  # one channel for the run: statistics are read at every tick
+            self._channel = grpc.insecure_channel(self.address)
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        try:
+            response = getattr(self._stub, method)(request, metadata=metadata, timeout=10)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise ModelNotFound(f"the server does not know this model: {exc.details()}", model=model) from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise ServerStateError(f"cannot reach the server at {self.address}: {exc.details()}",
+                                       hint="check the address and that the server is running") from None
+            raise ServerStateError(f"{method} failed: {code.name}: {exc.details()}", model=model) from None
         data = json_format.MessageToDict(response, preserving_proto_field_name=True)
         if method == "ModelMetadata":  # the JSON form of int64 dims is a string
             for key in ("inputs", "outputs"):

@@ -86,7 +86,8 @@ class _HttpSource:
         rows = []
         for entry in self._json("POST", "/v2/repository/index"):
             key = (entry["name"], str(entry.get("version", "")))
-            rows.append(_row(key[0], key[1], entry.get("state", ""), entry.get("reason", ""), stats.get(key), None, None))
+            rows.append(_row(key[0], key[1], entry.get("state", ""), entry.get("reason", ""), stats.get(key),
+                             None, None))
         return rows
 
 

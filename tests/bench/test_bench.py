@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-import nbserve
 from nbserve.bench.run import BenchRun, bench
 from nbserve.errors import InvalidInput, ModelNotFound
 

@@ -127,3 +127,29 @@ def test_table_prints_like_perf_analyzer():
     assert text.splitlines()[0].split()[:3] == ["Concurrency", "Infer/s", "p50"]
     assert "Concurrency: 4, throughput: 4000.0 infer/sec, latency 550 usec" in text
     assert json.dumps(rows)  # rows are plain data
+
+
+# ----------------------------------------------------------------------------- optional extras
+def test_the_bench_api_imports_no_notebook_library():
+    import subprocess
+    import sys
+
+    probe = ("import sys, nbserve; nbserve.bench; nbserve.sweep; import nbserve.bench.run, nbserve.bench.generator; "
+             "print(sorted({'pandas', 'plotly', 'ipywidgets', 'IPython'} & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("library, use", [
+    ("pandas", lambda run: run.results),
+    ("plotly", lambda run: run.plot()),
+    ("plotly", lambda run: __import__("nbserve.bench.live", fromlist=["LivePlot"]).LivePlot(run)),
+])
+def test_a_missing_notebook_library_names_the_extra(monkeypatch, library, use):
+    from nbserve.bench.run import BenchRun
+    from nbserve.errors import MissingDependency
+
+    run = BenchRun(label="r", model="m", protocol="inprocess", settings={})
+    monkeypatch.setitem(__import__("sys").modules, library, None)  # as if it were not installed
+    with pytest.raises(MissingDependency, match=r'pip install "nbserve\[notebook\]"'):
+        use(run)

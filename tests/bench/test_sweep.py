@@ -46,7 +46,8 @@ def test_sweep_measures_each_config_and_recommends_within_budget(registry, model
     assert all(r["infer_per_s"] <= best["infer_per_s"] for r in result.rows if r["p99_ms"] <= 60)
     assert "Call .apply()" in result.recommendation()
     frame = result.results
-    assert {"config", "max_batch_size", "max_queue_delay_microseconds", "instances", "pareto", "recommended"} <= set(frame)
+    knobs = {"config", "max_batch_size", "max_queue_delay_microseconds", "instances", "pareto", "recommended"}
+    assert knobs <= set(frame)
     # The registered model has not been touched yet.
     assert registry.get("scorer").config.max_batch_size == 4
 

@@ -69,8 +69,8 @@ def test_live_plot_updates_during_a_run_and_stops(lab, jupyter_server):
     page.wait_for_function("() => window.__titles.length >= 6", timeout=120_000)
     page.mouse.move(5, 5)  # no modebar tooltip in the screenshots
     lab.shot("bench_live_running_1", plot)
-    page.wait_for_function("() => document.querySelector('.jp-OutputArea-output .js-plotly-plot').data[8].x.length >= 2",
-                           timeout=120_000)
+    curve_points = "() => document.querySelector('.jp-OutputArea-output .js-plotly-plot').data[8].x.length"
+    page.wait_for_function(f"{curve_points} >= 2", timeout=120_000)
     lab.shot("bench_live_running_2", plot)
     titles = page.evaluate("() => window.__titles")
     points = page.evaluate("() => window.__points")
