@@ -267,6 +267,8 @@ class _Runner:
                 run.window_rows.append(window)
                 if is_stable(windows, percentage=settings.stability_percentage, count=settings.stability_windows):
                     break
+        except KeyboardInterrupt:  # Ctrl-C in a cell: this level keeps its windows, the run ends
+            run._stop.set()
         finally:
             final = self.generator.halt(settings.halt_timeout_s)
             state.add(final)

@@ -11,7 +11,7 @@ import nbserve
 from nbserve.errors import ServerStateError
 from nbserve.bench._engine import Load, Records, arrival_gaps_ns
 from nbserve.bench import _grpc_core
-from nbserve.bench._transports import TransportSpec, encode_grpc
+from nbserve.bench._transports import TransportSpec, encode_grpc, encode_http
 from nbserve.bench.generator import LocalGenerator
 from nbserve.bench.run import bench
 
@@ -185,3 +185,33 @@ def test_a_dead_server_is_reported_not_hung(models):
         run.wait(30)
     assert run.status == "failed"
     assert not run.running and bench_threads() == [] and generator_processes() == []
+
+
+def test_an_interrupted_foreground_run_keeps_what_it_measured(server):
+    # Ctrl-C in a notebook raises KeyboardInterrupt in the thread running the benchmark: here it
+    # comes from a listener at the 8th tick, in the middle of the first level's windows.
+    from nbserve.bench.run import BenchRun, BenchSettings, _Runner
+    from nbserve.bench.target import resolve
+
+    class Interrupt:
+        ticks = 0
+
+        def on_tick(self, point):
+            self.ticks += 1
+            if self.ticks == 8:
+                raise KeyboardInterrupt
+
+    settings = BenchSettings(measurement_interval_ms=100, warmup_s=0.05, stability_windows=2, max_windows=50,
+                             stability_percentage=1e-9, tick_s=0.05)
+    run = BenchRun(label="interrupted", model="double", protocol="http", settings={})
+    run.add_listener(Interrupt())
+    spec = TransportSpec(protocol="http", model="double", address=server.http_address,
+                         payloads=(encode_http("double", "", server.http_address, {"x": np.ones((1, 4), "float32")}),))
+    from nbserve.bench.generator import make_generator
+
+    runner = _Runner(run, resolve(server, "http"), make_generator(spec), [Load("concurrency", 2)], settings, "double")
+    runner()  # returns: the interrupt is handled, not raised
+    assert run.status == "stopped" and run.error is None and not run.running
+    (row,) = run.rows  # the interrupted level, with the windows it measured
+    assert 1 <= row["windows"] < 50 and row["total_sent"] == row["server_total_requests"]
+    assert bench_threads() == [] and generator_processes() == []

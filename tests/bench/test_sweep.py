@@ -89,6 +89,14 @@ def test_sweep_plot_draws_points_front_budget_and_pick(registry, model):
     assert "Pareto front" in names and "recommended" in names
     assert len(figure.data[names.index("Pareto front")].x) == len(result.front) >= 1
     assert any(shape.y0 == 1000 for shape in figure.layout.shapes)
+    # In a notebook the same drawing grows in place, redrawn after each config.
+    pytest.importorskip("ipywidgets")
+    from nbserve.bench.sweeps import _LiveSweep
+
+    live = _LiveSweep(result)
+    for _ in range(2):
+        live.update()
+        assert [t.name for t in live.figure.data] == names and len(live.figure.layout.shapes) == 1
 
 
 def test_configs_the_model_cannot_take_are_refused_before_running(registry, model):
