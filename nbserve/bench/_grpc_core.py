@@ -11,10 +11,12 @@ side: one thread waits on the channel's completion queue and, in the closed loop
 slot's next call itself, so a request costs one completion and no hop (about 60-75 us here).
 
 Connections: as perf_analyzer's client does (tritonclient shares a channel among at most 6 contexts),
-every 6 concurrent slots get their own channel, hence their own HTTP/2 connection and polling
-thread. On one connection a server reads requests one after another; measured against Triton at
-concurrency 16, one connection gave dynamic batches of 3.4-4.1 requests and 4,800-5,000 infer/s,
-three gave 5.3-5.4 and 5,600-6,700 (perf_analyzer, same minutes: 6.5-6.8 and 5,400-5,600).
+every 6 concurrent slots get another channel, hence another HTTP/2 connection and polling thread,
+up to 4 (the open loop uses 4). On one connection a server reads requests one after another:
+measured against Triton at concurrency 16, one connection gave dynamic batches of 3.4-4.1 requests
+and 4,800-5,000 infer/s, three gave 5.3-5.4 and 5,600-6,700 (perf_analyzer in the same minutes:
+6.5-6.8 and 5,400-5,600). At concurrency 64, eleven connections (eleven Python polling threads)
+were slower than three or four (batches of 19 against 24-28; perf_analyzer's 24.5).
 
 The host has the blocking interface of :class:`~nbserve.bench._engine.EngineHost` (``start``,
 ``take``, ``halt``, ``close``) and the same invariants: every call started is counted once in
@@ -41,7 +43,7 @@ _METHOD = b"/inference.GRPCInferenceService/ModelInfer"
 _MAX_MESSAGE = 64 * 2**20
 _MAX_MESSAGES = 20
 SLOTS_PER_CHANNEL = 6  # tritonclient's sharing limit, which perf_analyzer inherits
-OPEN_LOOP_CHANNELS = 4  # the open loop spreads its requests over this many connections
+MAX_CHANNELS = 4  # each has a polling thread; more of them contend for the GIL (and got slower)
 
 _OPERATIONS = ("SendInitialMetadataOperation", "SendMessageOperation", "SendCloseFromClientOperation",
                "ReceiveInitialMetadataOperation", "ReceiveMessageOperation", "ReceiveStatusOnClientOperation")
@@ -189,7 +191,7 @@ class CoreGrpcHost:
                     if self._inflight >= load.max_outstanding:
                         self._dropped += 1
                     else:
-                        self._issue(self._lane(turn % OPEN_LOOP_CHANNELS))
+                        self._issue(self._lane(turn % MAX_CHANNELS))
                         turn += 1
                 due += next(gaps)
             self._stopping.wait(max(due - time.monotonic_ns(), 0) / 1e9)
@@ -200,10 +202,12 @@ class CoreGrpcHost:
             raise RuntimeError("the generator is closed")
         self._stopping.clear()
         if load.mode == "concurrency":
+            concurrency = int(load.value)
+            lanes = min(MAX_CHANNELS, -(-concurrency // SLOTS_PER_CHANNEL))
             with self._lock:
                 self._closed_loop = True
-                for slot in range(int(load.value)):
-                    self._issue(self._lane(slot // SLOTS_PER_CHANNEL))
+                for slot in range(concurrency):  # a slot stays on its lane: _poll reissues there
+                    self._issue(self._lane(slot % lanes))
         else:
             self._closed_loop = False
             self._scheduler = threading.Thread(target=self._schedule, args=(load,), daemon=True,
