@@ -217,7 +217,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--stability-percentage", type=float, default=10.0)
     parser.add_argument("-r", "--max-trials", type=int, default=10, help="most windows per level")
     parser.add_argument("--warmup", type=float, default=0.5, metavar="SECONDS")
-    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="load generator processes (default: 1; gRPC above concurrency 8: one per 8, up to 4)")
     parser.add_argument("--token", default=None, help="bearer token")
     parser.add_argument("-f", "--out", metavar="PATH", help="also write the results (.csv or .json)")
     parser.set_defaults(run=_bench)

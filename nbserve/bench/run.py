@@ -34,7 +34,7 @@ from ..errors import InvalidInput
 from ._engine import Load, Records
 from .measure import PERCENTILES, ServerSnapshot, is_stable, summarize
 
-__all__ = ["BenchRun", "BenchSettings", "bench"]
+__all__ = ["BenchRun", "BenchSettings", "bench", "auto_processes"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -456,6 +456,24 @@ def _loads(concurrency: Any, request_rate: Any, distribution: str, max_outstandi
                            'distribution="constant" or "poisson"') from None
 
 
+def auto_processes(protocol: str, loads: Sequence[Load]) -> int:
+    """How many generator processes a run gets by default.
+
+    One, except for gRPC closed loops above concurrency 8: there a process per 8 slots, up to the
+    CPU count and 4. A Python gRPC client spends about 60 us of CPU per call in grpc's C core (the
+    HTTP client about 15 us), and in a closed loop the server waits while one process works through
+    a batch of answers under one GIL. Measured against Triton at concurrency 16 on 2 cores, two
+    processes gave 5,500-8,300 infer/s where one gave 4,200-6,500, with the server's batches 1.3-1.8x
+    larger.
+    """
+    import os
+
+    if protocol != "grpc":
+        return 1
+    deepest = max((int(load.value) for load in loads if load.mode == "concurrency"), default=1)
+    return max(1, min(4, os.cpu_count() or 1, -(-deepest // 8)))
+
+
 def bench(
     server_or_url: Any,
     model: str,
@@ -473,7 +491,7 @@ def bench(
     stability_percentage: float = 10.0,
     stability_windows: int = 3,
     max_windows: int = 10,
-    processes: int = 1,
+    processes: int | None = None,
     max_outstanding: int = 1024,
     timeout_s: float | None = None,
     token: str | None = None,
@@ -499,7 +517,8 @@ def bench(
         batch_size: rows per request when the model batches; shapes: dims of variable-size inputs.
         measurement_interval_ms, warmup_s, stability_percentage, stability_windows, max_windows:
             perf_analyzer's measurement settings (see the module docstring).
-        processes: generator processes for HTTP/gRPC (more when one client process is the bottleneck).
+        processes: generator processes for HTTP/gRPC; default: one, and for gRPC at a concurrency above 8
+            one per 8 slots up to the CPU count and 4 (see :func:`auto_processes`).
         max_outstanding: open loop: the most requests in flight (later ones count as dropped).
         timeout_s: per-request deadline (gRPC); token: bearer token (default: the server's).
         label: the run's name in tables and plots; seed: random inputs and Poisson arrivals.
@@ -532,10 +551,12 @@ def bench(
     settings = BenchSettings(measurement_interval_ms=measurement_interval_ms, warmup_s=warmup_s,
                              stability_percentage=stability_percentage, stability_windows=stability_windows,
                              max_windows=max_windows, tick_s=tick_s, batch_size=batch_size)
-    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
         raise InvalidInput("processes must be a whole number >= 1", got=processes, hint="processes=1")
     loads = _loads(concurrency, request_rate, distribution, max_outstanding, seed)
     target = resolve(server_or_url, protocol, token=token)
+    if processes is None:
+        processes = auto_processes(target.protocol, loads)
     try:  # until the runner owns them, the target's connections are closed here on failure
         version_text = "" if version in (None, "") else str(version)
         metadata = target.metadata(model, version_text)

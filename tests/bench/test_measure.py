@@ -153,3 +153,19 @@ def test_a_missing_notebook_library_names_the_extra(monkeypatch, library, use):
     monkeypatch.setitem(__import__("sys").modules, library, None)  # as if it were not installed
     with pytest.raises(MissingDependency, match=r'pip install "nbserve\[notebook\]"'):
         use(run)
+
+
+def test_generator_processes_by_default():
+    import os
+
+    from nbserve.bench._engine import Load
+    from nbserve.bench.run import auto_processes
+
+    def closed(*levels):
+        return [Load("concurrency", c) for c in levels]
+
+    assert auto_processes("http", closed(1, 64)) == 1
+    assert auto_processes("grpc", closed(1, 4, 8)) == 1
+    assert auto_processes("grpc", closed(1, 16)) == min(2, os.cpu_count())
+    assert auto_processes("grpc", closed(256)) == min(4, os.cpu_count())
+    assert auto_processes("grpc", [Load("rate", 5000.0)]) == 1
