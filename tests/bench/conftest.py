@@ -46,5 +46,7 @@ def models() -> Registry:
 
 @pytest.fixture(scope="module")
 def server(models):
-    with nbserve.serve(models) as running:
+    # A Server of its own, not nbserve.serve(): serve() replaces the server the last call started,
+    # so a test that calls it would stop this module-wide server under the tests that follow.
+    with nbserve.Server(models).start() as running:
         yield running
