@@ -111,7 +111,10 @@ class CoreGrpcHost:
         while len(self._lanes) <= index:
             options = (("grpc.max_send_message_length", _MAX_MESSAGE),
                        ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                       ("grpc.use_local_subchannel_pool", 1))  # its own connection, not a shared one
+                       ("grpc.use_local_subchannel_pool", 1),  # its own connection, not a shared one
+                       # Never retry: a retried call is two requests to the server and one in our
+                       # counts. It is also cheaper: 52-54 instead of 60 us of CPU per call here.
+                       ("grpc.enable_retries", 0))
             channel = self._cygrpc.Channel(self._address, options, None)
             # grpcio >= 1.63 takes a registered-method handle (it skips a method lookup per call).
             handle = (channel.get_registered_call_handle(_METHOD),) if hasattr(

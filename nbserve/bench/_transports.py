@@ -247,6 +247,7 @@ class _Grpc:
         self.channel = grpc.aio.insecure_channel(spec.address, options=[
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.enable_retries", 0),  # a retry would be a request the server counts and we do not
         ])
         # No serializers: the request is already bytes and the answer is not parsed.
         self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
