@@ -136,6 +136,44 @@ def _check_batch_preserved(result: dict[str, Any], arrays: dict[str, Any], batch
 
 
 # ----------------------------------------------------------------------------- files
+# The request loop of every generated model.py (this backend's and export's portable wrappers):
+# merge the requests' tensors, run once, answer each request; a failure fails only its batch.
+EXECUTE_SOURCE = '''\
+    def execute(self, requests):
+        batch = []
+        for request in requests:
+            tensors = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    tensors[name] = tensor.as_numpy()
+            batch.append(tensors)
+        try:
+            results = run_requests(self.runner, batch)
+        except Exception as exc:  # one failing batch fails its requests, never the server
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses = []
+        for request, outputs in zip(requests, results):
+            wanted = request.requested_output_names() or list(outputs)
+            tensors = [pb_utils.Tensor(name, _host(outputs[name])) for name in wanted if name in outputs]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self):
+        self.runner = None
+
+
+def _host(array):
+    module = type(array).__module__.split(".")[0]
+    if module == "torch":
+        return array.detach().cpu().numpy()
+    if module == "cupy":
+        return array.get()
+    return array
+'''
+
+
 MODEL_PY_TEMPLATE = '''\
 """Triton Python-backend model written by nbserve for a registered Python callable.
 
@@ -172,44 +210,14 @@ class TritonPythonModel:
             batch_dim=signature["batch_dim"],
         )
 
-    def execute(self, requests):
-        batch = []
-        for request in requests:
-            tensors = {{}}
-            for name in self.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = tensor.as_numpy()
-            batch.append(tensors)
-        try:
-            results = run_requests(self.runner, batch)
-        except Exception as exc:  # one failing batch fails its requests, never the server
-            error = pb_utils.TritonError(f"{{type(exc).__name__}}: {{exc}}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses = []
-        for request, outputs in zip(requests, results):
-            wanted = request.requested_output_names() or list(outputs)
-            tensors = [pb_utils.Tensor(name, _host(outputs[name])) for name in wanted if name in outputs]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
-
-    def finalize(self):
-        self.runner = None
-
-
-def _host(array):
-    module = type(array).__module__.split(".")[0]
-    if module == "torch":
-        return array.detach().cpu().numpy()
-    if module == "cupy":
-        return array.get()
-    return array
-'''
+{execute}'''
 
 
 def model_py_source() -> str:
     runtime = Path(_python_runtime.__file__).read_text()
-    return MODEL_PY_TEMPLATE.format(runtime=runtime, callable_file=CALLABLE_FILE, signature_file=SIGNATURE_FILE)
+    return MODEL_PY_TEMPLATE.format(
+        runtime=runtime, callable_file=CALLABLE_FILE, signature_file=SIGNATURE_FILE, execute=EXECUTE_SOURCE
+    )
 
 
 def _is_installed(module_name: str) -> bool:

@@ -63,30 +63,7 @@ class TritonPythonModel:
         self.runner = load_portable(native, here, args.get("model_instance_kind", "CPU"),
                                     args.get("model_instance_device_id", "0"))
 
-    def execute(self, requests):
-        batch = []
-        for request in requests:
-            tensors = {{}}
-            for name in self.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = tensor.as_numpy()
-            batch.append(tensors)
-        try:
-            results = run_requests(self.runner, batch)
-        except Exception as exc:  # one failing batch fails its requests, never the server
-            error = pb_utils.TritonError(f"{{type(exc).__name__}}: {{exc}}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses = []
-        for request, outputs in zip(requests, results):
-            wanted = request.requested_output_names() or list(outputs)
-            tensors = [pb_utils.Tensor(name, outputs[name]) for name in wanted if name in outputs]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
-
-    def finalize(self):
-        self.runner = None
-'''
+{execute}'''
 
 
 def native_framework(config: ModelConfig) -> str | None:
@@ -103,6 +80,7 @@ def native_framework(config: ModelConfig) -> str | None:
 def model_py_source(framework: str, model_file: str) -> str:
     """The portable ``model.py`` for a model of ``framework`` stored in ``model_file``."""
     from ..backends import _python_runtime
+    from ..backends.python import EXECUTE_SOURCE
 
     what, _, _ = FRAMEWORKS[framework]
     return MODEL_PY_TEMPLATE.format(
@@ -112,6 +90,7 @@ def model_py_source(framework: str, model_file: str) -> str:
         sidecar=SIDECAR_FILE,
         python_runtime=Path(_python_runtime.__file__).read_text(),
         portable_runtime=Path(_portable_runtime.__file__).read_text(),
+        execute=EXECUTE_SOURCE,
     )
 
 
