@@ -169,8 +169,18 @@ class InputChecker:
         self._all_required = all(not t.optional for t in config.input)
 
     def __call__(self, inputs: Any) -> dict[str, Any]:
+        return self.prepare(inputs)[0]
+
+    def prepare(self, inputs: Any) -> tuple[dict[str, Any], int, tuple[Any, ...]]:
+        """Check a request; return its inputs, its rows and its shape key.
+
+        Two requests with equal shape keys have the same inputs with the same non-batch shapes, so
+        they can share a batch. Rows are 1 and the key is empty for a model that does not batch.
+        """
         if type(inputs) is dict and self._all_required and len(inputs) == len(self._specs):
+            batched = self.max_batch_size > 0
             rows = None
+            key = []
             for name, dtype, ndim, fixed in self._specs:
                 value = inputs.get(name)
                 if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != ndim:
@@ -178,11 +188,18 @@ class InputChecker:
                 shape = value.shape
                 if any(shape[i] != d for i, d in fixed):
                     break
-                if self.max_batch_size > 0:
+                if batched:
                     if rows is None:
                         rows = shape[0]
                     if shape[0] != rows or not 0 < rows <= self.max_batch_size:
                         break
+                    key.append(shape[1:])
             else:
-                return inputs
-        return check_inputs(self.config, inputs, version=self.version)
+                return (inputs, rows, tuple(key)) if batched else (inputs, 1, ())
+        checked = check_inputs(self.config, inputs, version=self.version)
+        if self.max_batch_size <= 0:
+            return checked, 1, ()
+        first = next(iter(checked.values()), None)
+        rows = int(first.shape[0]) if first is not None else 1
+        key = tuple(tuple(checked[name].shape[1:]) if name in checked else None for name, *_ in self._specs)
+        return checked, rows, key

@@ -69,8 +69,9 @@ class Pending:
         return self.waiter.done()
 
 
-def _deliver_on_loop(items: list[tuple[Any, Any, BaseException | None]]) -> None:
-    for future, result, error in items:
+def _deliver_on_loop(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
+    for pending, result, error in items:
+        future = pending.waiter
         if future.done():  # cancelled by the caller meanwhile
             continue
         if error is not None:
@@ -80,17 +81,27 @@ def _deliver_on_loop(items: list[tuple[Any, Any, BaseException | None]]) -> None
 
 
 def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
-    """Resolve waiters: one ``call_soon_threadsafe`` per event loop, others directly."""
-    by_loop: dict[Any, list[tuple[Any, Any, BaseException | None]]] = {}
-    for pending, result, error in items:
-        waiter = pending.waiter
+    """Resolve waiters: one ``call_soon_threadsafe`` per event loop, others directly.
+
+    A waiter is an ``asyncio.Future`` (resolved on its own loop), a ``concurrent.futures.Future`` or
+    any object with ``done()``, ``set_result()`` and ``set_exception()``, which is resolved here, in
+    the calling (instance) thread: such a waiter must be quick and must not raise.
+    """
+    by_loop: dict[Any, list[tuple[Pending, Any, BaseException | None]]] = {}
+    last_loop, last_list = None, None
+    for item in items:
+        waiter = item[0].waiter
         if isinstance(waiter, asyncio.Future):
-            by_loop.setdefault(waiter.get_loop(), []).append((waiter, result, error))
+            # Usually every waiter of a batch is on one loop: skip the dict lookup for runs of it.
+            loop = waiter.get_loop()
+            if loop is not last_loop:
+                last_loop, last_list = loop, by_loop.setdefault(loop, [])
+            last_list.append(item)
         elif not waiter.done():
-            if error is not None:
-                waiter.set_exception(error)
+            if item[2] is not None:
+                waiter.set_exception(item[2])
             else:
-                waiter.set_result(result)
+                waiter.set_result(item[1])
     for loop, loop_items in by_loop.items():
         try:
             loop.call_soon_threadsafe(_deliver_on_loop, loop_items)
@@ -163,7 +174,10 @@ class DynamicBatcher:
         self.instances = sum(max(g.count, 1) for g in config.instance_group) or 1
         self._execute = execute
         self._reorder = _Reorderer() if db.preserve_ordering and self.instances > 1 else None
-        self._cond = threading.Condition(threading.Lock())
+        # submit() takes the bare lock (a C-level context manager); waits and notifies go through the
+        # condition built on it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queues: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._delayed: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._queued = 0
@@ -196,7 +210,7 @@ class DynamicBatcher:
         timeout_ns = timeout_us * 1000 if (timeout_us and policy.allow_override) else policy.default_timeout_ns
         pending.deadline_ns = now + timeout_ns if timeout_ns else 0
         pending.timeout_action = policy.timeout_action
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise Closed()
             queue = self._queues[level - 1]
@@ -295,13 +309,13 @@ class DynamicBatcher:
         key = None
         for level in range(self.levels):
             for queue in (self._queues[level], self._delayed[level]):
-                while queue and queue[0].cancelled():
+                while queue and queue[0].waiter.done():  # cancelled: drop it before it runs
                     dropped = queue.popleft()
                     self._dropped.append((dropped, None, None))
                     self._queued -= 1
                     self._queued_rows -= dropped.rows
                 for pending in queue:
-                    if pending.cancelled():
+                    if pending.waiter.done():
                         continue
                     if self.max_batch_size == 0:
                         return [pending], pending.rows, False
@@ -326,6 +340,15 @@ class DynamicBatcher:
         return candidate[:cut] if cut else candidate
 
     def _take(self, batch: list[Pending]) -> list[Pending]:
+        # The usual batch is the head of the first queue: pop it without rebuilding the queue.
+        first = self._queues[0]
+        count = len(batch)
+        if len(first) >= count and first[0] is batch[0] and first[count - 1] is batch[-1]:
+            for _ in range(count):
+                first.popleft()
+            self._queued -= count
+            self._queued_rows -= sum(p.rows for p in batch)
+            return batch
         chosen = set(map(id, batch))
         for level in range(self.levels):
             for queue in (self._queues[level], self._delayed[level]):

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..config import ModelConfig, config_from
 from ..errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NbserveError
@@ -79,17 +81,20 @@ class LoadedVersion:
             self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
 
     def _execute(self, batch: list[Pending]) -> list[tuple[Pending, Any, BaseException | None]]:
-        """Run one batch in an instance thread; never raises (errors go to the batch's requests)."""
+        """Run one batch in an instance thread; never raises (errors go to the batch's requests).
+
+        This is the hot path of every request: per-request work is kept to one pass over the batch.
+        """
         start = time.monotonic_ns()
         try:
             if len(batch) == 1:
                 merged = batch[0].inputs
             else:
                 merged = {name: merge([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-            rows = sum(p.rows for p in batch)
             input_done = time.monotonic_ns()
             outputs = self.runner(merged)
             infer_done = time.monotonic_ns()
+            rows = sum([p.rows for p in batch])
             results = self._split(batch, outputs, rows)
         except Exception as exc:
             end = time.monotonic_ns()
@@ -104,20 +109,23 @@ class LoadedVersion:
             self.stats.record_failure(requests=len(batch), request_ns=sum(end - p.enqueue_ns for p in batch))
             return [(p, None, error) for p in batch]
         end = time.monotonic_ns()
+        enqueued = [p.enqueue_ns for p in batch]
+        enqueued_sum = sum(enqueued)
+        count = len(batch)
         for pending in batch:  # ensemble steps and traced requests want their own times
-            if isinstance(pending.waiter, TimedFuture):
+            if type(pending.waiter) is TimedFuture:
                 pending.waiter.queue_ns, pending.waiter.compute_ns = start - pending.enqueue_ns, end - start
         self.stats.record_batch(
-            requests=len(batch),
+            requests=count,
             rows=rows,
             batch_size=rows if self.batched else 1,
-            queue_ns=sum(start - p.enqueue_ns for p in batch),
-            request_ns=sum(end - p.enqueue_ns for p in batch),
+            queue_ns=start * count - enqueued_sum,
+            request_ns=end * count - enqueued_sum,
             input_ns=input_done - start,
             infer_ns=infer_done - input_done,
             output_ns=end - infer_done,
         )
-        self.recent.extend([(end, end - p.enqueue_ns) for p in batch])
+        self.recent.extend([(end, end - e) for e in enqueued])
         return results
 
     def _split(self, batch: list[Pending], outputs: Mapping[str, Any], rows: int) -> list[tuple[Pending, Any, None]]:
@@ -126,20 +134,21 @@ class LoadedVersion:
                 "the model returned something other than a dict of outputs",
                 model=self.name, version=self.version, got=type(outputs).__name__,
             )
-        missing = [n for n in self.output_names if n not in outputs]
+        names = self.output_names
+        missing = [n for n in names if n not in outputs]
         if missing:
             raise InferenceError(
                 "the model did not produce every declared output",
                 model=self.name,
                 version=self.version,
-                expected=self.output_names,
+                expected=names,
                 got=sorted(outputs),
                 hint="return every output named in the config",
             )
         if len(batch) == 1:
             wanted = batch[0].outputs
-            return [(batch[0], {n: outputs[n] for n in (wanted or self.output_names)}, None)]
-        for name in self.output_names:
+            return [(batch[0], {n: outputs[n] for n in (wanted or names)}, None)]
+        for name in names:
             got = outputs[name].shape[0] if getattr(outputs[name], "shape", ()) else None
             if got != rows:
                 raise InferenceError(
@@ -151,10 +160,21 @@ class LoadedVersion:
                     got=got,
                     hint="a batched model must return one output row per input row",
                 )
+        count = len(batch)
+        if rows == count and all(p.outputs is None for p in batch) and all(
+            type(outputs[n]) is np.ndarray for n in names
+        ):
+            # The common batch: one row per request, every output wanted. Iterating a (rows, 1, ...)
+            # view yields the per-request views in C, instead of slicing each one in Python.
+            columns = [outputs[n].reshape((count, 1) + outputs[n].shape[1:]) for n in names]
+            if len(names) == 1:
+                name = names[0]
+                return [(p, {name: row}, None) for p, row in zip(batch, columns[0])]
+            return [(p, dict(zip(names, row)), None) for p, row in zip(batch, zip(*columns))]
         results, start = [], 0
         for pending in batch:
             stop = start + pending.rows
-            results.append((pending, {n: outputs[n][start:stop] for n in (pending.outputs or self.output_names)}, None))
+            results.append((pending, {n: outputs[n][start:stop] for n in (pending.outputs or names)}, None))
             start = stop
         return results
 
@@ -287,7 +307,7 @@ class InferenceCore:
         priority: int,
     ) -> tuple[LoadedVersion, Pending]:
         loaded = self._route(model, version)
-        checked = loaded.check_inputs(inputs)
+        checked, rows, key = loaded.check_inputs.prepare(inputs)
         if outputs:
             unknown = [o for o in outputs if o not in loaded.output_names]
             if unknown:
@@ -308,20 +328,8 @@ class InferenceCore:
                 got=priority,
                 hint="set priority_levels in dynamic_batching to use priorities",
             )
-        if loaded.batched:
-            first = next(iter(checked.values()), None)
-            rows = int(first.shape[0]) if first is not None else 1
-            key = tuple((n, tuple(a.shape[1:])) for n, a in checked.items())
-        else:
-            rows, key = 1, ()
-        pending = Pending(
-            inputs=checked,
-            rows=rows,
-            shape_key=key,
-            outputs=list(outputs) if outputs else None,
-            waiter=None,
-            priority=batcher.level_for(priority),
-        )
+        pending = Pending(checked, rows, key, list(outputs) if outputs else None, None,
+                          batcher.level_for(priority))
         return loaded, pending
 
     def _submit(self, model: str, version: Any, loaded: LoadedVersion, pending: Pending, timeout_us: int,
@@ -339,6 +347,43 @@ class InferenceCore:
         raise ModelNotReady("the model is being reloaded", model=model, hint="send the request again")
 
     # --------------------------------------------------------------------- inference
+    def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        waiter: Any,
+        *,
+        version: int | str | None = None,
+        outputs: Sequence[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        parameters: Mapping[str, Any] | None = None,
+        sequence_id: int | str = 0,
+        sequence_start: bool = False,
+        sequence_end: bool = False,
+    ) -> LoadedVersion:
+        """Check and queue one request; safe to call from any thread.
+
+        The request's outputs (a dict of arrays) or its error go to ``waiter`` exactly once, from the
+        thread that ran its batch: an ``asyncio.Future`` is resolved on its own loop (one
+        ``call_soon_threadsafe`` per batch and loop), a ``concurrent.futures.Future`` directly, and so
+        is any other object with ``done()``, ``set_result()`` and ``set_exception()`` (keep those quick:
+        they run in the model's instance thread). A waiter that is already done when its batch forms
+        (cancelled) is dropped without running.
+
+        Returns:
+            the version the request was queued on (read its ``version`` once the waiter is done: a
+            version retired between routing and queueing sends the request to its successor).
+
+        Raises:
+            ModelNotFound, ModelNotReady, InvalidInput, ServerBusy: before anything is queued.
+        """
+        loaded, pending = self._prepare(model, inputs, version, outputs, priority)
+        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
+                    if parameters or sequence_id else None)
+        pending.waiter = waiter
+        return self._submit(model, version, loaded, pending, timeout_us, sequence)
+
     async def infer(
         self,
         model: str,
@@ -367,13 +412,11 @@ class InferenceCore:
                                           timeout_us=timeout_us)
             traced = await asyncio.wrap_future(future)
             return InferResult(model, served(), traced, request_id)
-        loaded, pending = self._prepare(model, inputs, version, outputs, priority)
-        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
-                    if parameters or sequence_id else None)
-        pending.waiter = asyncio.get_running_loop().create_future()
-        loaded = self._submit(model, version, loaded, pending, timeout_us, sequence)
-        result = await pending.waiter
-        return InferResult(model, loaded.version, result, request_id)
+        waiter = asyncio.get_running_loop().create_future()
+        loaded = self.submit(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
+                             timeout_us=timeout_us, parameters=parameters, sequence_id=sequence_id,
+                             sequence_start=sequence_start, sequence_end=sequence_end)
+        return InferResult(model, loaded.version, await waiter, request_id)
 
     def infer_sync(
         self,
@@ -397,12 +440,11 @@ class InferenceCore:
             future, served = start_traced(self, model, inputs, version=version, outputs=outputs, priority=priority,
                                           timeout_us=timeout_us)
             return InferResult(model, served(), self._wait(future, model, timeout_s), request_id)
-        loaded, pending = self._prepare(model, inputs, version, outputs, priority)
-        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
-                    if parameters or sequence_id else None)
-        pending.waiter = concurrent.futures.Future()
-        loaded = self._submit(model, version, loaded, pending, timeout_us, sequence)
-        return InferResult(model, loaded.version, self._wait(pending.waiter, model, timeout_s), request_id)
+        waiter: concurrent.futures.Future = concurrent.futures.Future()
+        loaded = self.submit(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
+                             timeout_us=timeout_us, parameters=parameters, sequence_id=sequence_id,
+                             sequence_start=sequence_start, sequence_end=sequence_end)
+        return InferResult(model, loaded.version, self._wait(waiter, model, timeout_s), request_id)
 
     @staticmethod
     def _wait(waiter: concurrent.futures.Future, model: str, timeout_s: float | None) -> Any:
@@ -433,6 +475,10 @@ class InferenceCore:
         except NbserveError:
             return False
         return True
+
+    def served_version(self, model: str, version: int | str | None = None) -> int:
+        """The version number a request for ``model`` (and ``version``: None for the latest) goes to now."""
+        return self._route(model, version).version
 
     def model_config(self, model: str, version: int | str | None = None) -> ModelConfig:
         return self._route(model, version).config

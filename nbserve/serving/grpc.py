@@ -35,7 +35,6 @@ from typing import Any
 
 from ..errors import ConfigError, InvalidInput, NbserveError
 from ._grpc_codec import decode_infer_request, encode_infer_response, parameter_value
-from .sequence import sequence_flags
 
 __all__ = ["start_grpc", "GrpcEndpoint", "make_servicer", "DEFAULT_MAX_MESSAGE_BYTES"]
 
@@ -337,35 +336,41 @@ def infer_response(core: Any, decoded: Any, result: Any) -> Any:
 
 def _thread_submitter(core: Any) -> Any:
     """``submit(loop, callback, model, inputs, **options)``, callable from a thread other than the
-    loop's: queues the request and calls ``callback(future, version)`` on ``loop`` with its outcome
-    (a done future of the outputs). None when the core offers no way to do it.
+    loop's: queues the request with ``core.submit`` and calls ``callback(future, version)`` on ``loop``
+    with its outcome (a done future of the outputs). None when the core offers no ``submit``.
 
-    It queues through the core's ``_prepare`` and ``_submit`` (the two halves of ``infer``; no
-    public contract offers this yet) with a future of ``loop`` as the waiter. The batcher resolves
-    every future of a batch on their loop with one ``call_soon_threadsafe``, so the answers of a
-    whole batch cost one wake-up of the loop, and the loop encodes them while the model runs the
-    next batch.
+    The batcher resolves every future of a batch on their loop with one ``call_soon_threadsafe``,
+    so the answers of a whole batch cost one wake-up of the loop, and the loop encodes them while
+    the model runs the next batch.
     """
-    prepare, queue = getattr(core, "_prepare", None), getattr(core, "_submit", None)
-    if not (callable(prepare) and callable(queue)):
+    queue = getattr(core, "submit", None)
+    if not callable(queue):
         return None
 
     def submit(loop, callback, model, inputs, *, version=None, outputs=None, priority=0, timeout_us=0,
                parameters=None):
-        loaded, pending = prepare(model, inputs, version, outputs, priority)
-        # A stateful model's sequence_id/sequence_start/sequence_end arrive as request parameters.
-        sequence = sequence_flags(model, parameters) if parameters else None
         # The future is created and given its callback off the loop, before it is queued: until then
         # no other thread can see it. (Adding the callback after queueing could race with the loop
-        # resolving it.) The version is read when the callback runs: _submit may route the request
-        # to a newer version if this one retired in between.
-        served = [loaded]
+        # resolving it.) The version is read when the callback runs: submit may route the request
+        # to a newer version if this one retired in between. A stateful model's sequence_id,
+        # sequence_start and sequence_end arrive as request parameters.
+        served: list[Any] = [None]
         waiter = asyncio.Future(loop=loop)
-        waiter.add_done_callback(lambda done: callback(done, served[0].version))
-        pending.waiter = waiter
-        served[0] = queue(model, version, loaded, pending, timeout_us, sequence)
+        waiter.add_done_callback(lambda done: callback(done, _served_version(core, served[0], model, version)))
+        served[0] = queue(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
+                          timeout_us=timeout_us, parameters=parameters)
 
     return submit
+
+
+def _served_version(core: Any, served: Any, model: str, version: Any) -> int:
+    if served is not None:
+        return served.version
+    # Resolved before submit returned (the batch ran at once): the route it took is the current one.
+    try:
+        return core.served_version(model, version)
+    except Exception:
+        return int(version or 0)
 
 
 def make_direct_infer(core: Any, loop: asyncio.AbstractEventLoop, *, token: str | None = None) -> Any:
