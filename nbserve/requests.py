@@ -165,7 +165,10 @@ class InputChecker:
             dtype = np.dtype(object) if dtype_name == "BYTES" else (
                 None if dtype_name == "BF16" else numpy_dtype(dtype_name))
             dims = tuple(batch + list(t.dims))
-            self._specs.append((t.name, dtype, len(dims), [(i, d) for i, d in enumerate(dims) if d != -1]))
+            # Non-batch dims with no -1 are checked with one tuple comparison (the common case).
+            tail = tuple(dims[len(batch):]) if -1 not in t.dims else None
+            fixed = [(i, d) for i, d in enumerate(dims) if d != -1]
+            self._specs.append((t.name, dtype, len(dims), tail, fixed))
         self._all_required = all(not t.optional for t in config.input)
 
     def __call__(self, inputs: Any) -> dict[str, Any]:
@@ -181,19 +184,21 @@ class InputChecker:
             batched = self.max_batch_size > 0
             rows = None
             key = []
-            for name, dtype, ndim, fixed in self._specs:
+            for name, dtype, ndim, tail, fixed in self._specs:
                 value = inputs.get(name)
                 if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != ndim:
                     break
                 shape = value.shape
-                if any(shape[i] != d for i, d in fixed):
-                    break
                 if batched:
+                    if (shape[1:] != tail) if tail is not None else any(shape[i] != d for i, d in fixed):
+                        break
                     if rows is None:
                         rows = shape[0]
                     if shape[0] != rows or not 0 < rows <= self.max_batch_size:
                         break
                     key.append(shape[1:])
+                elif (shape != tail) if tail is not None else any(shape[i] != d for i, d in fixed):
+                    break
             else:
                 return (inputs, rows, tuple(key)) if batched else (inputs, 1, ())
         checked = check_inputs(self.config, inputs, version=self.version)

@@ -79,6 +79,7 @@ class LoadedVersion:
             self.runner = self.batcher.checked(entry.runner)
         else:
             self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
+        self.sequenced = isinstance(self.batcher, SequenceBatcher)
 
     def _execute(self, batch: list[Pending]) -> list[tuple[Pending, Any, BaseException | None]]:
         """Run one batch in an instance thread; never raises (errors go to the batch's requests).
@@ -379,10 +380,16 @@ class InferenceCore:
             ModelNotFound, ModelNotReady, InvalidInput, ServerBusy: before anything is queued.
         """
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
-        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
-                    if parameters or sequence_id else None)
         pending.waiter = waiter
-        return self._submit(model, version, loaded, pending, timeout_us, sequence)
+        if parameters or sequence_id or loaded.sequenced:
+            sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
+                        if parameters or sequence_id else None)
+            return self._submit(model, version, loaded, pending, timeout_us, sequence)
+        try:  # the common request: straight into the batcher
+            loaded.batcher.submit(pending, timeout_us)
+            return loaded
+        except Closed:  # retired between routing and queueing: route again
+            return self._submit(model, version, self._route(model, version), pending, timeout_us, None)
 
     async def infer(
         self,

@@ -99,6 +99,7 @@ class EnsembleVersion:
         # (end ns, duration ns) of the latest successful requests, as LoadedVersion keeps for dashboards.
         self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
         self.batcher = EnsembleScheduler(self, core)
+        self.sequenced = False  # an ensemble of stateful models keeps no sequence of its own
 
     def close(self, *, drain: bool = True) -> None:
         self.batcher.close(drain=drain)
