@@ -21,22 +21,25 @@ token is set.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import os
 import re
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..errors import InvalidInput, ModelNotFound, NbserveError
 from . import protocol
+from .http_fastlane import COMPRESS_MIN_BYTES as _COMPRESS_MIN_BYTES
+from .http_fastlane import FastLane, FastLaneConnections, response_head
+from .http_fastlane import compress as _compress
 from .protocol import HEADER_LENGTH, decode_request, encode_response, error_body, parse_header_length
 
 __all__ = ["create_app", "start_http", "HttpEndpoint", "RequestTooLarge", "UnsupportedEncoding", "config_to_json"]
@@ -47,10 +50,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
-# Responses smaller than this go back uncompressed even when the client accepts gzip/deflate:
-# HTTP always allows identity, and compressing a few hundred bytes costs more than it saves
-# (aiohttp clients, tritonclient.http.aio among them, send "Accept-Encoding: gzip, deflate").
-_COMPRESS_MIN_BYTES = 1024
 _SHUTDOWN_TIMEOUT_S = 5.0
 
 
@@ -310,7 +309,10 @@ class _Routes:
             # The whole response in one write, without aiohttp's Response machinery (header
             # multidicts, prepare, write_eof): on a saturated event loop that is a large share
             # of the per-request work. Large bodies go through aiohttp, which applies backpressure.
-            transport.write(_response_head(request, len(payload), json_length, encoding) + payload)
+            version = request.version
+            head = response_head(f"{version.major}.{version.minor}", request.keep_alive, len(payload), json_length,
+                                 encoding)
+            transport.write(head + payload)
             return _Sent(request.keep_alive)
         if json_length is None:
             headers = {"Content-Type": _JSON}
@@ -379,54 +381,8 @@ class UnsupportedEncoding(InvalidInput):
                          hint="compress the request with gzip or deflate, or not at all")
 
 
-def _compress(payload: bytes, accept: str) -> tuple[bytes, str | None]:
-    """Triton's choice of response encoding: the highest-weighted of identity, deflate and gzip.
-
-    Returns the body to send and its Content-Encoding (None: uncompressed).
-    """
-    best, weight = "identity", 0.0
-    for part in accept.split(","):
-        name, _, q = part.strip().partition(";")
-        name = name.strip().lower()
-        value = 1.0
-        if q.strip().startswith("q="):
-            try:
-                value = float(q.strip()[2:])
-            except ValueError:
-                continue
-        if name in ("identity", "deflate", "gzip") and value > weight:
-            best, weight = name, value
-    if best == "gzip":
-        compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-    elif best == "deflate":
-        compressor = zlib.compressobj()
-    else:
-        return payload, None
-    return compressor.compress(payload) + compressor.flush(), best
-
-
 # Responses up to this size are written straight to the transport (see _Routes.infer_on).
 _RAW_WRITE_MAX_BYTES = 256 * 1024
-
-
-def _response_head(request: web.BaseRequest, length: int, json_length: int | None, encoding: str | None) -> bytes:
-    """The status line and headers of a 200 inference response, as aiohttp would write them."""
-    version = request.version
-    keep_alive = request.keep_alive
-    if json_length is None:
-        head = f"HTTP/{version.major}.{version.minor} 200 OK\r\nContent-Type: application/json\r\n"
-    else:
-        head = (f"HTTP/{version.major}.{version.minor} 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                f"{HEADER_LENGTH}: {json_length}\r\n")
-    if encoding is not None:
-        head += f"Content-Encoding: {encoding}\r\n"
-    # The same Connection header rules as aiohttp's StreamResponse.
-    if keep_alive:
-        if version.minor == 0 and version.major == 1:
-            head += "Connection: keep-alive\r\n"
-    elif version.minor == 1 and version.major == 1:
-        head += "Connection: close\r\n"
-    return f"{head}Content-Length: {length}\r\nDate: {rfc822_formatted_time()}\r\n\r\n".encode()
 
 
 class _Sent:
@@ -515,17 +471,28 @@ def create_app(core: Any, *, max_body_bytes: int = 64 * 2**20, token: str | None
 class HttpEndpoint:
     """A running HTTP frontend: ``port`` is the real port; ``close()`` drains and releases it."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, server: asyncio.AbstractServer, lanes: FastLaneConnections | None,
+                 host: str, port: int) -> None:
         self._runner = runner
+        self._server = server
+        self._lanes = lanes
         self.host = host
         self.port = port
 
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close connections and the socket."""
+        self._server.close()
+        if self._lanes is not None:
+            await self._lanes.close(_SHUTDOWN_TIMEOUT_S)
         await self._runner.cleanup()
 
     def __repr__(self) -> str:
         return f"<HttpEndpoint http://{self.host}:{self.port}>"
+
+
+def fast_lane_enabled() -> bool:
+    """The inference fast lane (see ``http_fastlane``) is on unless NBSERVE_HTTP_FASTLANE=0."""
+    return os.environ.get("NBSERVE_HTTP_FASTLANE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 async def start_http(
@@ -533,17 +500,30 @@ async def start_http(
 ) -> HttpEndpoint:
     """Serve ``core`` over KServe v2 REST on ``host:port`` (0 picks a free port) from the running loop.
 
+    Connections start in the inference fast lane (:mod:`~nbserve.serving.http_fastlane`) and move to
+    aiohttp at their first request of another kind; ``NBSERVE_HTTP_FASTLANE=0`` serves everything
+    with aiohttp.
+
     >>> # inside the server's event loop:
     >>> # endpoint = await start_http(core, "127.0.0.1", 0); print(endpoint.port); await endpoint.close()
     """
     app = create_app(core, max_body_bytes=max_body_bytes, token=token)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
+    lanes = FastLaneConnections() if fast_lane_enabled() else None
+    aiohttp_protocol = runner.server
+    assert aiohttp_protocol is not None
+
+    def protocol() -> asyncio.Protocol:
+        if lanes is None:
+            return aiohttp_protocol()
+        return FastLane(core, aiohttp_protocol, lanes, max_body_bytes, token)
+
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await site.start()
+        server = await asyncio.get_running_loop().create_server(protocol, host, port, backlog=1024,
+                                                                reuse_address=True)
     except BaseException:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return HttpEndpoint(runner, host, bound)
+    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    return HttpEndpoint(runner, server, lanes, host, bound)
