@@ -37,10 +37,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from ..errors import InvalidInput, ModelNotFound, NbserveError
 from . import protocol
-from .http_fastlane import COMPRESS_MIN_BYTES as _COMPRESS_MIN_BYTES
-from .http_fastlane import FastLane, FastLaneConnections, response_head
-from .http_fastlane import compress as _compress
-from .protocol import HEADER_LENGTH, decode_request, encode_response, error_body, parse_header_length
+from .http_fastlane import FastLane, FastLaneConnections, encode_answer, internal_error_message, response_head
+from .protocol import HEADER_LENGTH, decode_request, error_body, parse_header_length
 
 __all__ = ["create_app", "start_http", "HttpEndpoint", "RequestTooLarge", "UnsupportedEncoding", "config_to_json"]
 
@@ -67,11 +65,7 @@ def _nbserve_error(exc: NbserveError) -> web.Response:
 
 def _internal_error(request: web.Request, exc: BaseException) -> web.Response:
     log.exception("unexpected error in %s %s", request.method, request.path)
-    return _error(
-        500,
-        f"internal server error while handling {request.method} {request.path}: {type(exc).__name__}: {exc}. "
-        "This is a bug in nbserve; please report it with this message",
-    )
+    return _error(500, internal_error_message(request.method, request.path, exc))
 
 
 def _guard(handler: Handler) -> Handler:
@@ -294,24 +288,18 @@ class _Routes:
                 request_id=decoded.id,
                 parameters=decoded.parameters,
             )
-            batched = bool(decoded.classification) and core.model_config(model, result.model_version).max_batch_size > 0
-            payload, json_length = encode_response(result, decoded, batched=batched)
+            payload, json_length, encoding = encode_answer(core, result, decoded, request.headers.get("Accept-Encoding"))
         except NbserveError as exc:
             return _nbserve_error(exc)
         except Exception as exc:
             return _internal_error(request, exc)
-        accept = request.headers.get("Accept-Encoding")
-        encoding = None
-        if accept and len(payload) >= _COMPRESS_MIN_BYTES:
-            payload, encoding = _compress(payload, accept)
         transport = request.transport
         if len(payload) <= _RAW_WRITE_MAX_BYTES and transport is not None and not transport.is_closing():
             # The whole response in one write, without aiohttp's Response machinery (header
             # multidicts, prepare, write_eof): on a saturated event loop that is a large share
             # of the per-request work. Large bodies go through aiohttp, which applies backpressure.
-            version = request.version
-            head = response_head(f"{version.major}.{version.minor}", request.keep_alive, len(payload), json_length,
-                                 encoding)
+            http = request.version
+            head = response_head(f"{http.major}.{http.minor}", request.keep_alive, len(payload), json_length, encoding)
             transport.write(head + payload)
             return _Sent(request.keep_alive)
         if json_length is None:

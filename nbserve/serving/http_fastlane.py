@@ -26,11 +26,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import httptools
+from aiohttp.helpers import rfc822_formatted_time
 
 from ..errors import ModelNotReady, NbserveError
 from .protocol import HEADER_LENGTH, decode_request, encode_response, error_body, parse_header_length
 
-__all__ = ["FastLane", "FastLaneConnections", "compress", "response_head", "COMPRESS_MIN_BYTES"]
+__all__ = ["FastLane", "FastLaneConnections", "compress", "encode_answer", "internal_error_message", "response_head",
+           "COMPRESS_MIN_BYTES"]
 
 log = logging.getLogger("nbserve.http")
 
@@ -78,8 +80,6 @@ def response_head(version: str, keep_alive: bool, length: int, json_length: int 
     ``version`` is the request's HTTP version ("1.1"); ``json_length`` the JSON header's length when
     binary tensor data follows it; ``encoding`` the Content-Encoding, if any.
     """
-    from aiohttp.helpers import rfc822_formatted_time
-
     head = f"HTTP/{version} {status} {_REASONS.get(status, 'Error')}\r\n"
     if json_length is None:
         head += "Content-Type: application/json\r\n"
@@ -96,15 +96,36 @@ def response_head(version: str, keep_alive: bool, length: int, json_length: int 
     return f"{head}Content-Length: {length}\r\nDate: {rfc822_formatted_time()}\r\n\r\n".encode()
 
 
+def encode_answer(core: Any, result: Any, decoded: Any, accept: str | None) -> tuple[bytes, int | None, str | None]:
+    """An inference result as the response body: ``(payload, json_length, content_encoding)``.
+
+    ``result`` is an :class:`~nbserve.serving.core.InferResult`; ``decoded`` the request
+    (:class:`~nbserve.serving.protocol.InferRequest`); ``accept`` its Accept-Encoding header.
+    """
+    batched = bool(decoded.classification) and core.model_config(result.model_name, result.model_version).max_batch_size > 0
+    payload, json_length = encode_response(result, decoded, batched=batched)
+    encoding = None
+    if accept and len(payload) >= COMPRESS_MIN_BYTES:
+        payload, encoding = compress(payload, accept)
+    return payload, json_length, encoding
+
+
+def internal_error_message(method: str, path: str, exc: BaseException) -> str:
+    """The 500 message for an unexpected exception: a bug in nbserve, reported with its type."""
+    return (f"internal server error while handling {method} {path}: {type(exc).__name__}: {exc}. "
+            "This is a bug in nbserve; please report it with this message")
+
+
 class _Head:
     """httptools' callbacks for one request head: the URL and the headers the lane looks at."""
 
-    __slots__ = ("url", "headers", "complete")
+    __slots__ = ("url", "headers", "complete", "path")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.complete = False
+        self.path: re.Match[bytes] | None = None  # the inference path's match, once qualified
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -276,15 +297,15 @@ class FastLane(asyncio.Protocol):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self._auth):
                 return False
-        path = head.url.split(b"?", 1)[0]
-        return _INFER_PATH.fullmatch(path) is not None
+        head.path = _INFER_PATH.fullmatch(head.url.split(b"?", 1)[0])
+        return head.path is not None
 
     def _start(self, head: _Head, body: bytearray) -> None:
         parser = self._parser
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        match = _INFER_PATH.fullmatch(head.url.split(b"?", 1)[0])
-        assert match is not None  # _qualifies checked it
+        match = head.path
+        assert match is not None  # _qualifies matched it
         model = unquote(match.group(1).decode("latin-1"))
         served = match.group(2)
         requested = unquote(served.decode("latin-1")) if served is not None else None
@@ -364,14 +385,8 @@ class _Answer:
         try:
             from .core import InferResult
 
-            core = self.lane._core
-            decoded = self.decoded
-            result = InferResult(self.model, self.loaded.version, future.result(), decoded.id)
-            batched = bool(decoded.classification) and core.model_config(self.model, result.model_version).max_batch_size > 0
-            payload, json_length = encode_response(result, decoded, batched=batched)
-            encoding = None
-            if self.accept and len(payload) >= COMPRESS_MIN_BYTES:
-                payload, encoding = compress(payload, self.accept)
+            result = InferResult(self.model, self.loaded.version, future.result(), self.decoded.id)
+            payload, json_length, encoding = encode_answer(self.lane._core, result, self.decoded, self.accept)
         except Exception as exc:
             self.fail(exc)
             return
@@ -384,8 +399,7 @@ class _Answer:
         else:
             log.exception("unexpected error in POST /v2/models/%s/infer", self.model, exc_info=exc)
             status = 500
-            message = (f"internal server error while handling POST /v2/models/{self.model}/infer: "
-                       f"{type(exc).__name__}: {exc}. This is a bug in nbserve; please report it with this message")
+            message = internal_error_message("POST", f"/v2/models/{self.model}/infer", exc)
         body = error_body(message)
         self.lane._answered(response_head(self.version, self.keep_alive, len(body), None, None, status) + body,
                             self.keep_alive)
