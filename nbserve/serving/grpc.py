@@ -6,7 +6,7 @@ through the generated ``add_GRPCInferenceServiceServicer_to_server``, so method 
 
 * ``"native"`` (the default where available): :mod:`nbserve.serving._grpc_engine`, which drives
   grpc's C core directly. Its ModelInfer goes from grpc's polling thread straight to the batcher
-  (:func:`make_direct_infer`), and the answers of a batch come back to the loop together. On the
+  (:func:`make_direct_infer`), and the model's instance thread answers each call itself. On the
   2-core reference machine (perf_analyzer, DESIGN.md's MLP) it serves 0.6-0.95x Triton's gRPC
   throughput, where grpc.aio manages 0.3-0.7x at 3-4x the CPU per request;
 * ``"aio"``: a plain ``grpc.aio`` server, the fallback when grpc's C-core layer is not usable.
@@ -334,76 +334,66 @@ def infer_response(core: Any, decoded: Any, result: Any) -> Any:
     )
 
 
-def _thread_submitter(core: Any) -> Any:
-    """``submit(loop, callback, model, inputs, **options)``, callable from a thread other than the
-    loop's: queues the request with ``core.submit`` and calls ``callback(future, version)`` on ``loop``
-    with its outcome (a done future of the outputs). None when the core offers no ``submit``.
+class _Answer:
+    """The batcher waiter of one direct ModelInfer call (see :meth:`InferenceCore.submit`).
 
-    The batcher resolves every future of a batch on their loop with one ``call_soon_threadsafe``,
-    so the answers of a whole batch cost one wake-up of the loop, and the loop encodes them while
-    the model runs the next batch.
+    It is resolved in the model's instance thread and answers the call right there: the response
+    is encoded and handed to grpc's C core, which sends it without the GIL. No hop through the event
+    loop, whose wake-up and GIL hand-over per batch cost more than the encoding itself.
     """
-    queue = getattr(core, "submit", None)
-    if not callable(queue):
-        return None
 
-    def submit(loop, callback, model, inputs, *, version=None, outputs=None, priority=0, timeout_us=0,
-               parameters=None):
-        # The future is created and given its callback off the loop, before it is queued: until then
-        # no other thread can see it. (Adding the callback after queueing could race with the loop
-        # resolving it.) The version is read when the callback runs: submit may route the request
-        # to a newer version if this one retired in between. A stateful model's sequence_id,
-        # sequence_start and sequence_end arrive as request parameters.
-        served: list[Any] = [None]
-        waiter = asyncio.Future(loop=loop)
-        waiter.add_done_callback(lambda done: callback(done, _served_version(core, served[0], model, version)))
-        served[0] = queue(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
-                          timeout_us=timeout_us, parameters=parameters)
+    __slots__ = ("core", "call", "decoded", "requested", "version", "_done")
 
-    return submit
+    def __init__(self, core: Any, call: Any, decoded: Any, requested: Any) -> None:
+        self.core = core
+        self.call = call
+        self.decoded = decoded
+        self.requested = requested
+        self.version: int | None = None  # set once submit returns
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, outputs: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        from .core import InferResult
+
+        decoded = self.decoded
+        try:
+            version = self.version
+            if version is None:  # answered before submit returned: the route it took is the current one
+                version = self.core.served_version(decoded.model, self.requested)
+            result = InferResult(decoded.model, version, outputs, decoded.id)
+            body = infer_response(self.core, decoded, result).SerializeToString()
+        except Exception as exc:
+            self.call.fail(*status_for(exc))
+            return
+        self.call.ok(body)
+
+    def set_exception(self, error: BaseException) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.call.fail(*status_for(error))
 
 
-def _served_version(core: Any, served: Any, model: str, version: Any) -> int:
-    if served is not None:
-        return served.version
-    # Resolved before submit returned (the batch ran at once): the route it took is the current one.
-    try:
-        return core.served_version(model, version)
-    except Exception:
-        return int(version or 0)
-
-
-def make_direct_infer(core: Any, loop: asyncio.AbstractEventLoop, *, token: str | None = None) -> Any:
-    """ModelInfer for the native engine's polling thread: decode and queue there, answer on the loop.
+def make_direct_infer(core: Any, *, token: str | None = None) -> Any:
+    """ModelInfer for the native engine's polling thread: decode and queue there, answer from the batch.
 
     The request goes from grpc's polling thread straight to the batcher (no hop to the event loop
-    and no task per call); the model's results come back to ``loop`` once per batch, where each is
-    encoded and sent. Returns None when the core cannot be fed from another thread.
+    and no task per call) with an :class:`_Answer` as its waiter; the model's instance thread
+    encodes and sends each answer. Returns None when the core has no thread-safe ``submit``.
     """
-    submit = _thread_submitter(core)
-    if submit is None:
+    if not callable(getattr(core, "submit", None)):
         return None
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
-    from .core import InferResult
-
     expected_auth = None if token is None else f"Bearer {token}".encode()
     parse = pb.ModelInferRequest.FromString
-
-    def answer(call: Any, decoded: Any, number: int, future: asyncio.Future) -> None:
-        try:
-            if future.cancelled():
-                call.fail(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
-                return
-            error = future.exception()
-            if error is None:
-                result = InferResult(decoded.model, number, future.result(), decoded.id)
-                call.ok(infer_response(core, decoded, result).SerializeToString())
-                return
-        except Exception as exc:
-            error = exc
-        call.fail(*status_for(error))
 
     def direct_infer(payload: bytes, metadata: Any, call: Any) -> bool:
         if expected_auth is not None:
@@ -421,17 +411,13 @@ def make_direct_infer(core: Any, loop: asyncio.AbstractEventLoop, *, token: str 
             return True
         try:
             decoded = decode_infer_request(request)
-            submit(
-                loop,
-                lambda done, number: answer(call, decoded, number, done),
-                decoded.model,
-                decoded.inputs,
-                version=decoded.version or None,
-                outputs=decoded.outputs,
-                priority=decoded.priority,
-                timeout_us=decoded.timeout_us,
-                parameters=decoded.parameters,
-            )
+            requested = decoded.version or None
+            answer = _Answer(core, call, decoded, requested)
+            # A stateful model's sequence_id/sequence_start/sequence_end arrive as request parameters.
+            loaded = core.submit(decoded.model, decoded.inputs, answer, version=requested, outputs=decoded.outputs,
+                                 priority=decoded.priority, timeout_us=decoded.timeout_us,
+                                 parameters=decoded.parameters)
+            answer.version = loaded.version
         except Exception as exc:
             call.fail(*status_for(exc))
         return True
@@ -524,7 +510,7 @@ async def start_grpc(
         handlers = handler_table(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, servicer)
         direct = {}
         if os.environ.get("NBSERVE_GRPC_DIRECT", "1") != "0":
-            direct_infer = make_direct_infer(core, asyncio.get_running_loop(), token=token)
+            direct_infer = make_direct_infer(core, token=token)
             if direct_infer is not None:
                 direct[b"/inference.GRPCInferenceService/ModelInfer"] = direct_infer
         try:
