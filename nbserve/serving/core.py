@@ -477,10 +477,17 @@ class InferenceCore:
         return not self._closed
 
     def model_ready(self, model: str, version: int | str | None = None) -> bool:
+        """Whether requests for the model (and version) are served now; as in Triton, an ensemble is
+        ready only while every model its steps call is ready too."""
         try:
-            self._route(model, version)
+            loaded = self._route(model, version)
         except NbserveError:
             return False
+        if isinstance(loaded, EnsembleVersion):
+            return all(
+                self.model_ready(step.model_name, step.model_version if step.model_version > 0 else None)
+                for step in loaded.config.ensemble_scheduling.step
+            )
         return True
 
     def served_version(self, model: str, version: int | str | None = None) -> int:

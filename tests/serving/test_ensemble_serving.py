@@ -345,9 +345,15 @@ def test_steps_follow_re_registration_and_removal(registry, server):
         assert time.monotonic() < deadline, "the ensemble kept the old step version"
         threading.Event().wait(0.01)
     assert server.infer("swapping", {"x": X}, trace=True).trace[0]["version"] == 2
+    client = httpclient.InferenceServerClient(url=server.http_address)
+    assert client.is_model_ready("swapping")
     registry.remove("swap_step")
     with pytest.raises(ModelNotReady, match=r"model 'swapping' v1: step 'swap_step' failed: .*swap_step"):
         server.infer("swapping", {"x": X})
+    # As in Triton: an ensemble whose step model is gone is not ready.
+    assert not server.core.model_ready("swapping")
+    assert not client.is_model_ready("swapping")
+    client.close()
 
 
 def test_an_optional_input_left_out_fails_the_step_that_reads_it(caller, registry, server):
