@@ -109,6 +109,52 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
             pass  # the caller's loop is closed: nobody is waiting any more
 
 
+class _Signal:
+    """A condition variable on the batcher's lock, for its instance threads.
+
+    ``threading.Condition``'s protocol (``wait``/``notify``/``notify_all`` with the lock held), minus
+    its ownership checks: ``submit`` may notify on every arrival while the instance threads are busy,
+    so ``notify`` must cost nothing when nobody waits.
+    """
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._waiters: collections.deque[Any] = collections.deque()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, sleep until notified or ``timeout`` seconds pass, take the lock back."""
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        self._lock.release()
+        woken = False
+        try:
+            if timeout is None:
+                woken = waiter.acquire()
+            elif timeout > 0:
+                woken = waiter.acquire(True, timeout)
+            else:
+                woken = waiter.acquire(False)
+        finally:
+            self._lock.acquire()
+            if not woken:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # notified just as the timeout ran out: awake either way
+                    pass
+        return woken
+
+    def notify(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().release()
+
+    def notify_all(self) -> None:
+        while self._waiters:
+            self._waiters.popleft().release()
+
+
 class _Policy:
     __slots__ = ("timeout_action", "default_timeout_ns", "allow_override", "max_queue_size")
 
@@ -174,10 +220,10 @@ class DynamicBatcher:
         self.instances = sum(max(g.count, 1) for g in config.instance_group) or 1
         self._execute = execute
         self._reorder = _Reorderer() if db.preserve_ordering and self.instances > 1 else None
-        # submit() takes the bare lock (a C-level context manager); waits and notifies go through the
-        # condition built on it.
+        # submit() takes the bare lock (a C-level context manager); instance threads wait on a signal
+        # built on it.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = _Signal(self._lock)
         self._queues: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._delayed: list[collections.deque[Pending]] = [collections.deque() for _ in range(self.levels)]
         self._queued = 0
@@ -269,7 +315,7 @@ class DynamicBatcher:
 
     def _next_batch(self) -> tuple[list[Pending] | None, list[tuple[Pending, Any, BaseException | None]]]:
         """Block until a batch is due; return it (None at shutdown) and any requests that timed out."""
-        with self._cond:
+        with self._lock:
             expired, self._dropped = self._dropped, []
             while True:
                 now = time.monotonic_ns()
@@ -404,7 +450,7 @@ class DynamicBatcher:
     def close(self, *, drain: bool = True, timeout_s: float = 10.0) -> None:
         """Stop accepting; run what is queued (``drain``) or reject it; join the instance threads."""
         rejected: list[tuple[Pending, Any, BaseException | None]] = []
-        with self._cond:
+        with self._lock:
             self._closed = True
             if not drain:
                 for queue in (*self._queues, *self._delayed):

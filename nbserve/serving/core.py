@@ -191,6 +191,9 @@ class InferenceCore:
         self.name = name
         self._lock = threading.RLock()
         self._routes: dict[str, dict[int, LoadedVersion]] = {}
+        # The latest version of each model, for the request that names no version (the common one);
+        # kept with _routes, under _lock.
+        self._latest: dict[str, LoadedVersion] = {}
         self._unloaded: dict[str, str] = {}  # name -> reason
         self._retiring: list[threading.Thread] = []
         self._unsubscribe = None
@@ -211,6 +214,7 @@ class InferenceCore:
             self._closed = True
             loaded = [v for versions in self._routes.values() for v in versions.values()]
             self._routes.clear()
+            self._latest.clear()
         for version in loaded:
             version.close(drain=drain)
         deadline = time.monotonic() + timeout_s
@@ -246,8 +250,10 @@ class InferenceCore:
             retired = [v for n, v in current.items() if new_routes.get(n) is not v]
             if new_routes:
                 self._routes[name] = new_routes
+                self._latest[name] = new_routes[max(new_routes)]
             else:
                 self._routes.pop(name, None)
+                self._latest.pop(name, None)
         for version in retired:
             self._retire(version)
 
@@ -379,6 +385,18 @@ class InferenceCore:
         Raises:
             ModelNotFound, ModelNotReady, InvalidInput, ServerBusy: before anything is queued.
         """
+        if version is None and not (outputs or priority or parameters or sequence_id):
+            # The common request (latest version, every output, default priority): the fewest steps
+            # from the caller to the queue. Anything unusual takes the general path below.
+            loaded = self._latest.get(model)
+            if loaded is not None and not loaded.sequenced:
+                checked, rows, key = loaded.check_inputs.prepare(inputs)
+                try:
+                    loaded.batcher.submit(Pending(checked, rows, key, None, waiter, loaded.batcher.level_for(0)),
+                                          timeout_us)
+                    return loaded
+                except Closed:
+                    pass  # retired meanwhile: the general path routes again
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
         pending.waiter = waiter
         if parameters or sequence_id or loaded.sequenced:
@@ -583,6 +601,7 @@ class InferenceCore:
             self._route(model, None)
         with self._lock:
             versions = self._routes.pop(model, {})
+            self._latest.pop(model, None)
             self._unloaded[model] = "unloaded"
         for version in versions.values():
             self._retire(version)

@@ -268,3 +268,46 @@ def test_close_joins_instance_threads():
     threads = batcher.threads
     batcher.close()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_signal_wakes_one_waiter_per_notify_and_times_out():
+    """The batcher's condition variable: notify wakes one waiter, costs nothing without one, and a
+    wait returns False when its timeout passes."""
+    import threading
+
+    from nbserve.serving.batcher import _Signal
+
+    lock = threading.Lock()
+    signal = _Signal(lock)
+    with lock:
+        signal.notify()  # nobody waits: nothing happens
+        assert signal.wait(0.01) is False
+        assert signal.wait(0) is False
+    woken: list[bool] = []
+
+    def waiter() -> None:
+        with lock:
+            woken.append(signal.wait(30))
+
+    threads = [threading.Thread(target=waiter) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while True:
+        with lock:
+            if len(signal._waiters) == 2:
+                signal.notify()
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    deadline = time.monotonic() + 10
+    while not woken:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert woken == [True]  # one notify, one waiter woken
+    with lock:
+        signal.notify_all()
+    for thread in threads:
+        thread.join(10)
+    assert woken == [True, True]
