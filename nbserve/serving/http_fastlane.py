@@ -185,6 +185,8 @@ class FastLane(asyncio.Protocol):
         self._busy = False  # a request is queued on the core; later bytes wait for its answer
         self._serving = False  # inside _serve_buffered (an answer written there must not re-enter it)
         self._close_after = False
+        self._write_paused = False  # the client reads its answers slowly
+        self._buffer_full = False  # the client sent more than one request can hold while we answer
         self._reading_paused = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -199,6 +201,9 @@ class FastLane(asyncio.Protocol):
         self._buffer += data
         if not self._busy:
             self._serve_buffered()
+        elif len(self._buffer) > self._max_body + _MAX_HEAD_BYTES:  # pipelined beyond reason: wait
+            self._buffer_full = True
+            self._update_reading()
 
     def eof_received(self) -> bool | None:
         if self._inner is not None:
@@ -214,16 +219,27 @@ class FastLane(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._inner is not None:
             self._inner.pause_writing()
-        elif self._transport is not None:  # a slow reader: stop taking its requests meanwhile
-            self._transport.pause_reading()
-            self._reading_paused = True
+        else:  # a slow reader: stop taking its requests meanwhile
+            self._write_paused = True
+            self._update_reading()
 
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
-        elif self._transport is not None and self._reading_paused:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        else:
+            self._write_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._inner is not None:
+            return
+        pause = self._write_paused or self._buffer_full
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+        self._reading_paused = pause
 
     # ------------------------------------------------------------------ shutdown
     def close_when_idle(self) -> None:
@@ -335,6 +351,9 @@ class FastLane(asyncio.Protocol):
             return
         self._connections.answered += 1  # before the write: a client that has its answer sees the count
         transport.write(data)
+        if self._buffer_full:
+            self._buffer_full = False
+            self._update_reading()
         if not keep_alive or self._close_after or self._connections.closing:
             transport.close()
             return
@@ -354,6 +373,8 @@ class FastLane(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
         inner.connection_made(transport)
+        if self._write_paused:  # aiohttp takes over the flow control where the lane was
+            inner.pause_writing()
         pending, self._buffer = bytes(self._buffer), bytearray()
         if pending:
             inner.data_received(pending)

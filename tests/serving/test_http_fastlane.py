@@ -254,3 +254,24 @@ def test_close_answers_the_request_in_flight_then_closes_every_connection():
         gate.open.set()
         idle.close()
         busy.close()
+
+
+def test_a_flood_of_pipelined_requests_waits_and_is_answered_in_order():
+    """More pipelined bytes than one request may hold pause reading until the answer is out."""
+    gate = Gate()
+    ep = Endpoint(build_registry(gate), max_body_bytes=256)
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [5]}]})
+    flood = b"".join(infer_request([i, i, i, i]) for i in range(300))  # ~60 KB behind a blocked request
+    try:
+        with socket.create_connection(("127.0.0.1", ep.port)) as sock:
+            sock.sendall(infer_request([], path="/v2/models/gated/infer", body=body) + flood)
+            assert gate.entered.wait(10)
+            gate.open.set()
+            answers = read_responses(sock, 301, timeout_s=30)
+        assert [status for status, _, _ in answers] == [200] * 301
+        assert outputs(answers[0][2]) == [5]
+        assert [outputs(body)[0] for _, _, body in answers[1:]] == [2 * i for i in range(300)]
+        assert ep.answered == 301
+    finally:
+        gate.open.set()
+        ep.close()
