@@ -344,7 +344,7 @@ class InferenceCore:
         """Queue; if the version was retired between routing and queueing, route again."""
         for _ in range(3):
             try:
-                if isinstance(loaded.batcher, SequenceBatcher):
+                if loaded.sequenced:
                     loaded.batcher.submit(pending, timeout_us, sequence)
                 else:
                     loaded.batcher.submit(pending, timeout_us)
@@ -399,15 +399,9 @@ class InferenceCore:
                     pass  # retired meanwhile: the general path routes again
         loaded, pending = self._prepare(model, inputs, version, outputs, priority)
         pending.waiter = waiter
-        if parameters or sequence_id or loaded.sequenced:
-            sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
-                        if parameters or sequence_id else None)
-            return self._submit(model, version, loaded, pending, timeout_us, sequence)
-        try:  # the common request: straight into the batcher
-            loaded.batcher.submit(pending, timeout_us)
-            return loaded
-        except Closed:  # retired between routing and queueing: route again
-            return self._submit(model, version, self._route(model, version), pending, timeout_us, None)
+        sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
+                    if parameters or sequence_id else None)
+        return self._submit(model, version, loaded, pending, timeout_us, sequence)
 
     async def infer(
         self,
