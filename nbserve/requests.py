@@ -159,6 +159,7 @@ class InputChecker:
         self.version = version
         self.max_batch_size = config.max_batch_size
         batch = [-1] if config.max_batch_size > 0 else []
+        self._batch_dims = len(batch)  # where the dims the config fixes start in a request's shape
         self._specs = []
         for t in config.input:
             dtype_name = triton_dtype(t.data_type)
@@ -189,16 +190,14 @@ class InputChecker:
                 if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != ndim:
                     break
                 shape = value.shape
+                if (shape[self._batch_dims:] != tail) if tail is not None else any(shape[i] != d for i, d in fixed):
+                    break
                 if batched:
-                    if (shape[1:] != tail) if tail is not None else any(shape[i] != d for i, d in fixed):
-                        break
                     if rows is None:
                         rows = shape[0]
                     if shape[0] != rows or not 0 < rows <= self.max_batch_size:
                         break
                     key.append(shape[1:])
-                elif (shape != tail) if tail is not None else any(shape[i] != d for i, d in fixed):
-                    break
             else:
                 return (inputs, rows, tuple(key)) if batched else (inputs, 1, ())
         checked = check_inputs(self.config, inputs, version=self.version)

@@ -289,7 +289,7 @@ class InferenceCore:
                 hint=f"did you mean '{close[0]}'?" if close else "register it with nbserve.register(obj, name=...)",
             )
         if version in (None, "", 0, -1, "-1"):
-            return versions[max(versions)]
+            return self._latest[model]  # kept with _routes
         try:
             number = int(version)
         except (TypeError, ValueError):

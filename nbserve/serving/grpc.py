@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import ConfigError, InvalidInput, NbserveError
 from ._grpc_codec import decode_infer_request, encode_infer_response, parameter_value
+from .core import InferResult
 
 __all__ = ["start_grpc", "GrpcEndpoint", "make_servicer", "DEFAULT_MAX_MESSAGE_BYTES"]
 
@@ -359,8 +360,6 @@ class _Answer:
         if self._done:
             return
         self._done = True
-        from .core import InferResult
-
         decoded = self.decoded
         try:
             version = self.version

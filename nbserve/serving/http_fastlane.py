@@ -29,6 +29,7 @@ import httptools
 from aiohttp.helpers import rfc822_formatted_time
 
 from ..errors import ModelNotReady, NbserveError
+from .core import InferResult
 from .protocol import HEADER_LENGTH, decode_request, encode_response, error_body, parse_header_length
 
 __all__ = ["FastLane", "FastLaneConnections", "compress", "encode_answer", "internal_error_message", "response_head",
@@ -404,8 +405,6 @@ class _Answer:
             self.fail(error)
             return
         try:
-            from .core import InferResult
-
             result = InferResult(self.model, self.loaded.version, future.result(), self.decoded.id)
             payload, json_length, encoding = encode_answer(self.lane._core, result, self.decoded, self.accept)
         except Exception as exc:
