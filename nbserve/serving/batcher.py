@@ -251,11 +251,13 @@ class DynamicBatcher:
         """Queue a request; raises ServerBusy when its queue is full, Closed when retiring."""
         level = pending.priority
         policy = self.policies[level - 1]
-        now = time.monotonic_ns()
-        pending.enqueue_ns = now
-        timeout_ns = timeout_us * 1000 if (timeout_us and policy.allow_override) else policy.default_timeout_ns
-        pending.deadline_ns = now + timeout_ns if timeout_ns else 0
-        pending.timeout_action = policy.timeout_action
+        now = pending.enqueue_ns = time.monotonic_ns()
+        if policy.default_timeout_ns or timeout_us:
+            timeout_ns = timeout_us * 1000 if (timeout_us and policy.allow_override) else policy.default_timeout_ns
+            pending.deadline_ns = now + timeout_ns if timeout_ns else 0
+            pending.timeout_action = policy.timeout_action
+        else:
+            pending.deadline_ns = 0
         with self._lock:
             if self._closed:
                 raise Closed()
@@ -353,6 +355,8 @@ class DynamicBatcher:
         batch: list[Pending] = []
         rows = 0
         key = None
+        unbatched = self.max_batch_size == 0
+        max_rows = self.max_batch_size
         for level in range(self.levels):
             for queue in (self._queues[level], self._delayed[level]):
                 while queue and queue[0].waiter.done():  # cancelled: drop it before it runs
@@ -363,15 +367,15 @@ class DynamicBatcher:
                 for pending in queue:
                     if pending.waiter.done():
                         continue
-                    if self.max_batch_size == 0:
+                    if unbatched:
                         return [pending], pending.rows, False
                     if key is None:
                         key = pending.shape_key
-                    elif pending.shape_key != key or rows + pending.rows > self.max_batch_size:
+                    elif (pending.shape_key is not key and pending.shape_key != key) or rows + pending.rows > max_rows:
                         return batch, rows, False  # never merge shapes; never exceed the max
                     batch.append(pending)
                     rows += pending.rows
-        return batch, rows, rows < self.max_batch_size
+        return batch, rows, rows < max_rows
 
     def _cut_preferred(self, candidate: list[Pending]) -> list[Pending]:
         """At the window's end: the longest prefix whose rows equal a preferred size, else all."""

@@ -96,8 +96,8 @@ class EnsembleVersion:
         self.output_names = [t.name for t in entry.config.output]
         self.check_inputs = InputChecker(entry.config, entry.version)
         self.stats = ModelStats()
-        # (end ns, duration ns) of the latest successful requests, as LoadedVersion keeps for dashboards.
-        self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
+        # (end ns, [enqueue ns]) of the latest successful requests, as LoadedVersion keeps for dashboards.
+        self.recent: collections.deque[tuple[int, list[int]]] = collections.deque(maxlen=4096)
         self.batcher = EnsembleScheduler(self, core)
         self.sequenced = False  # an ensemble of stateful models keeps no sequence of its own
 
@@ -117,6 +117,7 @@ class EnsembleScheduler:
     busy_instances = 0
     threads: list[threading.Thread] = []
     levels = 2**31 - 1  # passed through to the steps, which check their own levels
+    default_level = 0  # each step's default level
 
     def __init__(self, version: EnsembleVersion, core: Any) -> None:
         self.version = version
@@ -283,7 +284,7 @@ class _Run:
                 requests=1, rows=rows, batch_size=rows if version.batched else 1, queue_ns=0,
                 request_ns=end - pending.enqueue_ns, input_ns=0, infer_ns=self.compute_ns, output_ns=0,
             )
-            version.recent.append((end, end - pending.enqueue_ns))
+            version.recent.append((end, [pending.enqueue_ns]))
             resolve_all([(pending, outputs, None)])
         finally:
             scheduler._finished(self)

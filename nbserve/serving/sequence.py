@@ -416,7 +416,7 @@ class SequenceBatcher:
             self.min_ready = math.ceil(utilization * self.per_instance) if utilization > 0 and self.delay_ns else 0
         self.instances = sum(max(g.count, 1) for g in config.instance_group) or 1
         self.capacity = self.instances * self.per_instance
-        self.levels = 1  # priorities are a dynamic-batching feature
+        self.levels = self.default_level = 1  # priorities are a dynamic-batching feature
         self.outputs = [t.name for t in config.output]
         self.controls = _controls(config)
         self._corrid_numeric = any(c.kind == _CORRID and c.wire != "BYTES" for c in self.controls)

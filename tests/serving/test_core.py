@@ -89,6 +89,25 @@ def test_statistics_count_requests_rows_and_batches(core):
     assert stats["inference_stats"]["queue"]["ns"] > 0
 
 
+def test_recent_latencies_one_per_request_newest_last(core):
+    before = time.monotonic_ns()
+
+    async def burst(n):
+        return await asyncio.gather(*[core.infer("double", {"x": np.ones((1, 3), "float32")}) for _ in range(n)])
+
+    asyncio.run(burst(16))  # batched together: one entry of recent per batch, one latency per request
+    middle = time.monotonic_ns()
+    core.infer_sync("double", {"x": np.ones((2, 3), "float32")})
+    after = time.monotonic_ns()
+
+    every = core.recent_latencies("double", 1)
+    assert len(every) == 17
+    assert all(0 < d < after - before for d in every)
+    latest = core.recent_latencies("double", 1, since_ns=middle)
+    assert len(latest) == 1 and latest[0] == every[-1] and 0 < latest[0] < after - middle
+    assert core.recent_latencies("double", 1, since_ns=after) == []
+
+
 def test_metadata_config_index(core):
     meta = core.model_metadata("double")
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
