@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -254,6 +255,10 @@ def merge(arrays: Sequence[Any]) -> Any:
     return np.concatenate(arrays, axis=0)
 
 
+_dtype_of = operator.attrgetter("dtype")
+_shape_of = operator.attrgetter("shape")
+
+
 def _merge_contiguous(arrays: Sequence[Any]) -> Any:
     """The common batch (C-contiguous NumPy arrays of one numeric dtype) joined as raw bytes.
 
@@ -264,11 +269,14 @@ def _merge_contiguous(arrays: Sequence[Any]) -> Any:
     if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.kind not in "biufc" or not first.dtype.isnative:
         return None
     dtype = first.dtype
-    rows = 0
-    for array in arrays:
-        if type(array) is not np.ndarray or array.dtype != dtype:
-            return None
-        rows += array.shape[0]
+    # One type, one dtype and one non-batch shape for all, checked in C where it can be (a Python
+    # loop over the arrays costs more than the join itself).
+    if len(set(map(type, arrays))) != 1 or len(set(map(_dtype_of, arrays))) != 1:
+        return None
+    shapes = set(map(_shape_of, arrays))
+    if len(shapes) > 1 and len({shape[1:] for shape in shapes}) != 1:
+        return None
+    rows = sum(map(len, arrays))
     try:
         data = bytearray().join(arrays)  # raises for an array that is not C-contiguous
     except (BufferError, TypeError, ValueError):

@@ -350,3 +350,16 @@ def test_merge_equals_concatenate_and_is_writable(arrays):
     assert merged.flags.writeable  # models may change their inputs in place
     merged[...] = merged  # and writing must not reach the requests' own arrays
     np.testing.assert_array_equal(arrays[0], expected[: len(arrays[0])])
+
+
+def test_merge_refuses_shapes_that_only_add_up():
+    # 1x2 + 1x4 + 2x1 holds exactly as many elements as 4 rows of 2: never joined as bytes.
+    arrays = [np.ones((1, 2), np.float32), np.ones((1, 4), np.float32), np.ones((2, 1), np.float32)]
+    with pytest.raises(ValueError):
+        merge(arrays)
+
+
+def test_merge_of_an_array_subclass_is_concatenate():
+    plain = np.arange(4, dtype=np.float32).reshape(1, 4)
+    masked = np.ma.masked_array(np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(merge([plain, masked]), np.concatenate([plain, masked]))
