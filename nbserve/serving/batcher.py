@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from ..errors import ModelNotReady, ServerBusy
 __all__ = ["Pending", "DynamicBatcher", "Closed", "resolve_all"]
 
 _REJECT, _DELAY = 0, 1  # model_config_pb2.ModelQueuePolicy.TimeoutAction values
+_monotonic_ns = time.monotonic_ns  # read on every request
 
 # Triton's queues are unbounded unless max_queue_size is set; in a notebook kernel an unbounded queue
 # means a runaway load generator eats the kernel's memory, so nbserve bounds them by default.
@@ -62,11 +64,18 @@ class Pending:
     timeout_action: int = _REJECT
     ticket: int = 0
     delayed: bool = False
+    # Set for an entry that carries several requests (serving/bundler.py): when each was sent.
+    members: list[int] | None = None
 
     def cancelled(self) -> bool:
         # Read from instance threads without the waiter's loop: a stale False only means the
         # request runs and its result is dropped by the waiter, which is harmless.
         return self.waiter.done()
+
+
+_pending_of = operator.itemgetter(0)
+_waiter_of = operator.attrgetter("waiter")
+_loop_of = operator.methodcaller("get_loop")
 
 
 def _deliver_on_loop(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
@@ -87,6 +96,15 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
     any object with ``done()``, ``set_result()`` and ``set_exception()``, which is resolved here, in
     the calling (instance) thread: such a waiter must be quick and must not raise.
     """
+    waiters = list(map(_waiter_of, map(_pending_of, items)))
+    if set(map(type, waiters)) == {asyncio.Future}:
+        loops = set(map(_loop_of, waiters))
+        if len(loops) == 1:  # the usual batch: every waiter a future of one loop, checked in C
+            try:
+                loops.pop().call_soon_threadsafe(_deliver_on_loop, items)
+            except RuntimeError:
+                pass  # the caller's loop is closed: nobody is waiting any more
+            return
     by_loop: dict[Any, list[tuple[Pending, Any, BaseException | None]]] = {}
     last_loop, last_list = None, None
     for item in items:
@@ -251,7 +269,9 @@ class DynamicBatcher:
         """Queue a request; raises ServerBusy when its queue is full, Closed when retiring."""
         level = pending.priority
         policy = self.policies[level - 1]
-        now = pending.enqueue_ns = time.monotonic_ns()
+        now = _monotonic_ns()
+        # An entry carrying several requests entered the queue, for the batch window, with its first.
+        pending.enqueue_ns = pending.members[0] if pending.members else now
         if policy.default_timeout_ns or timeout_us:
             timeout_ns = timeout_us * 1000 if (timeout_us and policy.allow_override) else policy.default_timeout_ns
             pending.deadline_ns = now + timeout_ns if timeout_ns else 0
@@ -262,7 +282,7 @@ class DynamicBatcher:
             if self._closed:
                 raise Closed()
             queue = self._queues[level - 1]
-            if policy.max_queue_size and len(queue) + len(self._delayed[level - 1]) >= policy.max_queue_size:
+            if len(queue) + len(self._delayed[level - 1]) >= policy.max_queue_size:
                 raise ServerBusy(
                     "the queue is full",
                     model=self.model,
@@ -270,8 +290,9 @@ class DynamicBatcher:
                     got=len(queue),
                     hint="retry later, lower the request rate, or raise max_queue_size / instances",
                 )
-            self._ticket += 1
-            pending.ticket = self._ticket
+            if self._reorder is not None:  # tickets order the answers of several instances
+                self._ticket += 1
+                pending.ticket = self._ticket
             if pending.deadline_ns:
                 self._has_deadlines = True
             queue.append(pending)

@@ -30,6 +30,7 @@ from ..repository import model_versions_to_load
 from ..requests import InputChecker
 from ..tensors import merge, triton_dtype
 from .batcher import Closed, DynamicBatcher, Pending
+from .bundler import LoopBundler
 from .sequence import SequenceBatcher, SequenceFlags, sequence_flags
 from .ensemble_scheduler import EnsembleVersion, TimedFuture, Traced, start_traced
 from .stats import ModelStats
@@ -46,6 +47,14 @@ _rows_of = operator.attrgetter("rows")
 _enqueued_of = operator.attrgetter("enqueue_ns")
 _outputs_of = operator.attrgetter("outputs")
 _waiter_of = operator.attrgetter("waiter")
+_members_of = operator.attrgetter("members")
+
+
+def _enqueue_times(batch: list[Pending]) -> list[int]:
+    """When each request of a batch was sent: one per entry, or those of the requests it carries."""
+    if not any(map(_members_of, batch)):
+        return list(map(_enqueued_of, batch))
+    return [t for p in batch for t in (p.members if p.members else (p.enqueue_ns,))]
 
 EXTENSIONS = [
     "classification",
@@ -91,6 +100,11 @@ class LoadedVersion:
         else:
             self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
         self.sequenced = isinstance(self.batcher, SequenceBatcher)
+        # Whether a loop's common requests may be queued together (serving/bundler.py): a batching
+        # model whose default queue has no timeout (a bundle's requests must expire together).
+        batcher = self.batcher
+        self.bundles = (type(batcher) is DynamicBatcher and batcher.max_batch_size > 0
+                        and not batcher.policies[batcher.default_level - 1].default_timeout_ns)
 
     def _execute(self, batch: list[Pending]) -> list[tuple[Pending, Any, BaseException | None]]:
         """Run one batch in an instance thread; never raises (errors go to the batch's requests).
@@ -118,12 +132,13 @@ class LoadedVersion:
             )
             if error is not exc:
                 error.__cause__ = exc
-            self.stats.record_failure(requests=len(batch), request_ns=sum(end - p.enqueue_ns for p in batch))
+            enqueued = _enqueue_times(batch)
+            self.stats.record_failure(requests=len(enqueued), request_ns=end * len(enqueued) - sum(enqueued))
             return [(p, None, error) for p in batch]
         end = time.monotonic_ns()
-        enqueued = list(map(_enqueued_of, batch))
+        enqueued = _enqueue_times(batch)
         enqueued_sum = sum(enqueued)
-        count = len(batch)
+        count = len(enqueued)
         if TimedFuture in set(map(type, map(_waiter_of, batch))):
             for pending in batch:  # ensemble steps and traced requests want their own times
                 if type(pending.waiter) is TimedFuture:
@@ -207,6 +222,7 @@ class InferenceCore:
         # kept with _routes, under _lock.
         self._latest: dict[str, LoadedVersion] = {}
         self._unloaded: dict[str, str] = {}  # name -> reason
+        self._bundlers: dict[asyncio.AbstractEventLoop, LoopBundler] = {}  # loops with requests to queue
         self._retiring: list[threading.Thread] = []
         self._unsubscribe = None
         self._closed = False
@@ -414,6 +430,26 @@ class InferenceCore:
         sequence = (sequence_flags(model, parameters, sequence_id, sequence_start, sequence_end)
                     if parameters or sequence_id else None)
         return self._submit(model, version, loaded, pending, timeout_us, sequence)
+
+    def submit_soon(self, model: str, inputs: Mapping[str, Any]) -> asyncio.Future:
+        """Check the common request (latest version, every output, default priority) from a
+        coroutine and return the future of its outputs.
+
+        The request is queued at the end of the running loop's iteration together with the others
+        sent to the same version in it (see serving/bundler.py); a model that cannot take bundles
+        gets it on its own at once. Raises as :meth:`submit` does, before anything is queued.
+        """
+        loop = asyncio.get_running_loop()
+        loaded = self._latest.get(model)
+        if loaded is None or not loaded.bundles:
+            waiter = loop.create_future()
+            self.submit(model, inputs, waiter)
+            return waiter
+        checked, rows, key = loaded.check_inputs.prepare(inputs)
+        bundler = self._bundlers.get(loop)
+        if bundler is None:
+            bundler = self._bundlers[loop] = LoopBundler(loop, self, self._bundlers.pop)
+        return bundler.add(model, loaded, checked, rows, key)
 
     async def infer(
         self,

@@ -305,13 +305,12 @@ class Server(_Addresses):
             return result.outputs
         # The common request goes straight to the batcher with a future of this loop: no InferResult
         # and one coroutine frame fewer than core.infer, on the path every in-process request takes.
-        waiter = asyncio.get_running_loop().create_future()
         if version is None and not (outputs or priority or timeout_us or sequence_id):
-            core.submit(model, inputs, waiter)  # keyword arguments cost on every call
-        else:
-            core.submit(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
-                        timeout_us=timeout_us, sequence_id=sequence_id, sequence_start=sequence_start,
-                        sequence_end=sequence_end)
+            return await core.submit_soon(model, inputs)  # queued with this loop iteration's others
+        waiter = asyncio.get_running_loop().create_future()
+        core.submit(model, inputs, waiter, version=version, outputs=outputs, priority=priority,
+                    timeout_us=timeout_us, sequence_id=sequence_id, sequence_start=sequence_start,
+                    sequence_end=sequence_end)
         return await waiter
 
     # --------------------------------------------------------------------- display
