@@ -303,8 +303,8 @@ class Server(_Addresses):
             result = await core.infer(model, inputs, version=version, outputs=outputs, priority=priority,
                                       timeout_us=timeout_us, trace=True)
             return result.outputs
-        # The common request goes straight to the batcher with a future of this loop: no InferResult
-        # and one coroutine frame fewer than core.infer, on the path every in-process request takes.
+        # The common request: no InferResult and one coroutine frame fewer than core.infer, queued
+        # with the others this loop sends in its current iteration (serving/bundler.py).
         if version is None and not (outputs or priority or timeout_us or sequence_id):
             return await core.submit_soon(model, inputs)  # queued with this loop iteration's others
         waiter = asyncio.get_running_loop().create_future()
