@@ -8,7 +8,8 @@ Like Triton's C++ scheduler, each model instance owns a thread that forms a batc
   fit ``max_batch_size``; it runs at once when it reaches the largest preferred batch size (or
   ``max_batch_size``), when it cannot grow, or when ``max_queue_delay_microseconds`` has passed since its
   oldest request arrived; then it is cut at the largest preferred size it can make;
-* ``max_batch_size: 0`` runs one request per call; ``instance_group`` count N runs N batches at once.
+* ``max_batch_size: 0`` runs one request per call, and so does a model without ``dynamic_batching``
+  (Triton's default scheduler); ``instance_group`` count N runs N batches at once.
 
 The window is event-driven: an instance thread sleeps on a condition variable with a timeout equal
 to what is left of the window (microsecond precision, unlike an event loop's millisecond timers) and
@@ -376,7 +377,8 @@ class DynamicBatcher:
         batch: list[Pending] = []
         rows = 0
         key = None
-        unbatched = self.max_batch_size == 0
+        # Without dynamic_batching, Triton's default scheduler runs every request as it came.
+        unbatched = self.max_batch_size == 0 or not self.dynamic
         max_rows = self.max_batch_size
         for level in range(self.levels):
             for queue in (self._queues[level], self._delayed[level]):

@@ -100,10 +100,10 @@ class LoadedVersion:
         else:
             self.batcher = DynamicBatcher(entry.config, self._execute, label=f"{entry.name}-v{entry.version}")
         self.sequenced = isinstance(self.batcher, SequenceBatcher)
-        # Whether a loop's common requests may be queued together (serving/bundler.py): a batching
-        # model whose default queue has no timeout (a bundle's requests must expire together).
+        # Whether a loop's common requests may be queued together (serving/bundler.py): a model with
+        # dynamic batching whose default queue has no timeout (a bundle's requests expire together).
         batcher = self.batcher
-        self.bundles = (type(batcher) is DynamicBatcher and batcher.max_batch_size > 0
+        self.bundles = (type(batcher) is DynamicBatcher and batcher.dynamic
                         and not batcher.policies[batcher.default_level - 1].default_timeout_ns)
 
     def _execute(self, batch: list[Pending]) -> list[tuple[Pending, Any, BaseException | None]]:

@@ -247,6 +247,25 @@ def test_max_batch_size_zero_runs_one_request_per_call():
     assert all(len(b) == 1 for b in recorder.batches) and len(recorder.batches) == 5
 
 
+def test_without_dynamic_batching_each_request_runs_as_it_came():
+    # Triton's default scheduler: a batching model without dynamic_batching never merges requests.
+    config = build_config(name="m", inputs=[("x", [-1], "FP32")], outputs=[("y", [-1], "FP32")], max_batch_size=8)
+    assert not config.HasField("dynamic_batching")
+    recorder = Recorder(delay_s=0.05)
+    batcher = DynamicBatcher(config, recorder, label="m")
+    items = [pending(np.full((rows, 2), i, np.float32)) for i, rows in enumerate([1, 3, 1, 2])]
+    try:
+        for p in items:  # the first runs; the others queue behind it
+            batcher.submit(p)
+        for p in items:
+            assert p.waiter.event.wait(5)
+    finally:
+        batcher.close()
+    assert [[p.rows for p in b] for b in recorder.batches] == [[1], [3], [1], [2]]
+    for p in items:
+        np.testing.assert_array_equal(p.waiter.results[0], model(p.inputs["x"]))
+
+
 def test_instances_run_batches_concurrently():
     config = make_config(max_batch_size=1, delay_us=0, instances=3)
     recorder = Recorder(delay_s=0.3)
