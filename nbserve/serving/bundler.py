@@ -147,6 +147,14 @@ class LoopBundler:
         self._open.clear()
 
     def _send(self, model: str, bundle: _Bundle) -> None:
+        try:
+            self._queue(model, bundle)
+        except Exception as error:  # whatever happened, every request hears it, once
+            for future in bundle.futures:
+                if not future.done():
+                    future.set_exception(error)
+
+    def _queue(self, model: str, bundle: _Bundle) -> None:
         loaded = bundle.loaded
         level = loaded.batcher.default_level
         if len(bundle.futures) == 1:  # alone: an ordinary request
@@ -165,8 +173,4 @@ class LoopBundler:
                 try:
                     self._core.submit(model, inputs, future)
                 except NbserveError as error:
-                    future.set_exception(error)
-        except NbserveError as error:  # the queue is full: every request of the bundle hears it
-            for future in bundle.futures:
-                if not future.done():
                     future.set_exception(error)

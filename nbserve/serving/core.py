@@ -173,10 +173,11 @@ class LoadedVersion:
                 got=sorted(outputs),
                 hint="return every output named in the config",
             )
-        if len(batch) == 1:
+        members = batch[0].members
+        if len(batch) == 1 and (members is None or len(members) == 1):  # one request: its outputs as they are
             wanted = batch[0].outputs
             return [(batch[0], {n: outputs[n] for n in (wanted or names)}, None)]
-        for name in names:
+        for name in names:  # several requests share the rows: there must be one per input row
             got = outputs[name].shape[0] if getattr(outputs[name], "shape", ()) else None
             if got != rows:
                 raise InferenceError(

@@ -183,3 +183,11 @@ def test_models_whose_requests_cannot_share_an_entry_are_queued_one_by_one(regis
     assert [a["output_0"][0, 0] for a in answers] == [0, 1, 2, 3, 4]
     answers = _gather(server, [{"x": np.full((2,), i, np.float32)} for i in range(3)], model="single")
     assert [a["output_0"][0] for a in answers] == [0, 1, 2]
+
+
+def test_a_model_that_drops_rows_fails_the_bundle_with_a_clear_error(registry, server):
+    registry.register(lambda x: x[:1], name="first_row", example=np.ones((1, 2), np.float32), dynamic_batching={})
+    answers = _gather(server, [{"x": np.full((1, 2), i, np.float32)} for i in range(3)], model="first_row")
+    assert all(isinstance(a, InferenceError) and "different number of rows" in str(a) for a in answers)
+    alone = _gather(server, [{"x": np.full((2, 2), 7, np.float32)}], model="first_row")[0]
+    assert alone["output_0"].tolist() == [[7, 7]]  # one request gets what the model returned, as in Triton
