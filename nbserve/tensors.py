@@ -15,7 +15,7 @@ import dataclasses
 import math
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "array_library",
     "merge",
     "split",
+    "split_rows",
     "to_numpy",
     "from_dlpack",
     "serialize_bytes",
@@ -285,6 +286,19 @@ def _merge_contiguous(arrays: Sequence[Any]) -> Any:
     if len(data) != dtype.itemsize * math.prod(shape):
         return None
     return np.frombuffer(data, dtype).reshape(shape)
+
+
+def split_rows(outputs: Mapping[str, Any], count: int) -> list[dict[str, Any]]:
+    """One dict of outputs per row, for ``count`` one-row requests (views, built in C).
+
+    Iterating a ``(count, 1, ...)`` view yields the per-request views without slicing each one in
+    Python; every request gets every output.
+    """
+    columns = {name: array.reshape((count, 1) + tuple(array.shape[1:])) for name, array in outputs.items()}
+    if len(columns) == 1:
+        ((name, column),) = columns.items()
+        return [{name: row} for row in column]
+    return [dict(zip(columns, rows)) for rows in zip(*columns.values())]
 
 
 def split(array: Any, sizes: Sequence[int]) -> list[Any]:

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..errors import NbserveError
-from ..tensors import merge
+from ..tensors import merge, split, split_rows
 from .batcher import Closed, Pending
 
 __all__ = ["LoopBundler"]
@@ -34,12 +34,19 @@ __all__ = ["LoopBundler"]
 _monotonic_ns = time.monotonic_ns
 
 
+def _fail_all(futures: list[asyncio.Future], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+
+
 class _Bundle:
     """The requests of one loop iteration for one model version."""
 
-    __slots__ = ("loaded", "key", "rows", "inputs", "row_counts", "futures", "enqueued")
+    __slots__ = ("model", "loaded", "key", "rows", "inputs", "row_counts", "futures", "enqueued")
 
-    def __init__(self, loaded: Any, key: tuple[Any, ...]) -> None:
+    def __init__(self, model: str, loaded: Any, key: tuple[Any, ...]) -> None:
+        self.model = model
         self.loaded = loaded
         self.key = key
         self.rows = 0
@@ -77,24 +84,14 @@ class _BundleWaiter:
     def _deliver(self, outputs: dict[str, Any] | None, error: BaseException | None) -> None:
         futures = self.futures
         if error is not None:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error)
+            _fail_all(futures, error)
             return
         assert outputs is not None
-        count = len(futures)
-        if len(self.row_counts) == 0:  # one row each: iterate (count, 1, ...) views, in C
-            columns = {name: array.reshape((count, 1) + array.shape[1:]) for name, array in outputs.items()}
-            if len(columns) == 1:
-                ((name, column),) = columns.items()
-                answers: Any = ({name: row} for row in column)
-            else:
-                answers = (dict(zip(columns, rows)) for rows in zip(*columns.values()))
+        if not self.row_counts:  # one row each
+            answers: Any = split_rows(outputs, len(futures))
         else:
-            bounds = [0]
-            for rows in self.row_counts:
-                bounds.append(bounds[-1] + rows)
-            answers = ({name: array[bounds[i]:bounds[i + 1]] for name, array in outputs.items()} for i in range(count))
+            parts = {name: split(array, self.row_counts) for name, array in outputs.items()}
+            answers = (dict(zip(parts, slices)) for slices in zip(*parts.values()))
         for future, answer in zip(futures, answers):
             if not future.done():
                 future.set_result(answer)
@@ -110,14 +107,13 @@ class LoopBundler:
             requests wait for the iteration's end).
     """
 
-    __slots__ = ("loop", "_core", "_done", "_open", "_models")
+    __slots__ = ("loop", "_core", "_done", "_open")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, core: Any, done: Any) -> None:
         self.loop = loop
         self._core = core
         self._done = done
         self._open: dict[Any, _Bundle] = {}
-        self._models: dict[Any, str] = {}
         loop.call_soon(self.flush)
 
     def add(self, model: str, loaded: Any, inputs: dict[str, Any], rows: int, key: tuple[Any, ...]) -> asyncio.Future:
@@ -130,9 +126,8 @@ class LoopBundler:
             or bundle.rows + rows > loaded.batcher.target_rows  # never grow past a full batch
         ):
             if bundle is not None:
-                self._send(model, bundle)
-            bundle = self._open[loaded] = _Bundle(loaded, key)
-            self._models[loaded] = model
+                self._send(bundle)
+            bundle = self._open[loaded] = _Bundle(model, loaded, key)
         bundle.inputs.append(inputs)
         bundle.row_counts.append(rows)
         bundle.futures.append(future)
@@ -142,19 +137,17 @@ class LoopBundler:
 
     def flush(self) -> None:
         self._done(self.loop)
-        for loaded, bundle in self._open.items():
-            self._send(self._models[loaded], bundle)
+        for bundle in self._open.values():
+            self._send(bundle)
         self._open.clear()
 
-    def _send(self, model: str, bundle: _Bundle) -> None:
+    def _send(self, bundle: _Bundle) -> None:
         try:
-            self._queue(model, bundle)
-        except Exception as error:  # whatever happened, every request hears it, once
-            for future in bundle.futures:
-                if not future.done():
-                    future.set_exception(error)
+            self._queue(bundle)
+        except Exception as error:  # a full queue, or anything else: every request hears it, once
+            _fail_all(bundle.futures, error)
 
-    def _queue(self, model: str, bundle: _Bundle) -> None:
+    def _queue(self, bundle: _Bundle) -> None:
         loaded = bundle.loaded
         level = loaded.batcher.default_level
         if len(bundle.futures) == 1:  # alone: an ordinary request
@@ -171,6 +164,6 @@ class LoopBundler:
         except Closed:  # retired meanwhile: each request is routed again on its own
             for inputs, future in zip(bundle.inputs, bundle.futures):
                 try:
-                    self._core.submit(model, inputs, future)
+                    self._core.submit(bundle.model, inputs, future)
                 except NbserveError as error:
                     future.set_exception(error)

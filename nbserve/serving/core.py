@@ -28,7 +28,7 @@ from ..errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady,
 from ..registry import ModelVersion, Registry, RegistryEvent
 from ..repository import model_versions_to_load
 from ..requests import InputChecker
-from ..tensors import merge, triton_dtype
+from ..tensors import merge, split_rows, triton_dtype
 from .batcher import Closed, DynamicBatcher, Pending
 from .bundler import LoopBundler
 from .sequence import SequenceBatcher, SequenceFlags, sequence_flags
@@ -193,13 +193,9 @@ class LoadedVersion:
         if rows == count and not any(map(_outputs_of, batch)) and all(
             type(outputs[n]) is np.ndarray for n in names
         ):
-            # The common batch: one row per request, every output wanted. Iterating a (rows, 1, ...)
-            # view yields the per-request views in C, instead of slicing each one in Python.
-            columns = [outputs[n].reshape((count, 1) + outputs[n].shape[1:]) for n in names]
-            if len(names) == 1:
-                name = names[0]
-                return [(p, {name: row}, None) for p, row in zip(batch, columns[0])]
-            return [(p, dict(zip(names, row)), None) for p, row in zip(batch, zip(*columns))]
+            # The common batch: one row per request, every output wanted.
+            answers = split_rows({n: outputs[n] for n in names}, count)
+            return [(p, answer, None) for p, answer in zip(batch, answers)]
         results, start = [], 0
         for pending in batch:
             stop = start + pending.rows
