@@ -95,7 +95,9 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
 
     A waiter is an ``asyncio.Future`` (resolved on its own loop), a ``concurrent.futures.Future`` or
     any object with ``done()``, ``set_result()`` and ``set_exception()``, which is resolved here, in
-    the calling (instance) thread: such a waiter must be quick and must not raise.
+    the calling (instance) thread: such a waiter must be quick and must not raise. A waiter type
+    that defines ``resolve_batch`` (a static method taking ``[(waiter, result, error), ...]``) gets
+    all of the batch's waiters of that type in one call instead, e.g. to answer them elsewhere.
     """
     waiters = list(map(_waiter_of, map(_pending_of, items)))
     if set(map(type, waiters)) == {asyncio.Future}:
@@ -107,6 +109,7 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
                 pass  # the caller's loop is closed: nobody is waiting any more
             return
     by_loop: dict[Any, list[tuple[Pending, Any, BaseException | None]]] = {}
+    by_resolver: dict[Any, list[tuple[Any, Any, BaseException | None]]] = {}
     last_loop, last_list = None, None
     for item in items:
         waiter = item[0].waiter
@@ -116,6 +119,8 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
             if loop is not last_loop:
                 last_loop, last_list = loop, by_loop.setdefault(loop, [])
             last_list.append(item)
+        elif (resolve_batch := getattr(type(waiter), "resolve_batch", None)) is not None:
+            by_resolver.setdefault(resolve_batch, []).append((waiter, item[1], item[2]))
         elif not waiter.done():
             if item[2] is not None:
                 waiter.set_exception(item[2])
@@ -126,6 +131,8 @@ def resolve_all(items: list[tuple[Pending, Any, BaseException | None]]) -> None:
             loop.call_soon_threadsafe(_deliver_on_loop, loop_items)
         except RuntimeError:
             pass  # the caller's loop is closed: nobody is waiting any more
+    for resolve_batch, answers in by_resolver.items():
+        resolve_batch(answers)
 
 
 class _Signal:

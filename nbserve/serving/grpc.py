@@ -6,9 +6,10 @@ through the generated ``add_GRPCInferenceServiceServicer_to_server``, so method 
 
 * ``"native"`` (the default where available): :mod:`nbserve.serving._grpc_engine`, which drives
   grpc's C core directly. Its ModelInfer goes from grpc's polling thread straight to the batcher
-  (:func:`make_direct_infer`), and the model's instance thread answers each call itself. On the
-  2-core reference machine (perf_analyzer, DESIGN.md's MLP) it serves 0.6-0.95x Triton's gRPC
-  throughput, where grpc.aio manages 0.3-0.7x at 3-4x the CPU per request;
+  (:func:`make_direct_infer`); each batch's answers are encoded on the model's instance thread and
+  sent from the engine's answer thread. On the 2-core reference machine (perf_analyzer, DESIGN.md's
+  MLP) it serves 0.5-1.0x Triton's gRPC throughput, where grpc.aio manages 0.3-0.7x at 3-4x the CPU
+  per request;
 * ``"aio"``: a plain ``grpc.aio`` server, the fallback when grpc's C-core layer is not usable.
 
 Environment: ``NBSERVE_GRPC_ENGINE=aio`` (or ``native``) overrides the choice;
@@ -338,9 +339,11 @@ def infer_response(core: Any, decoded: Any, result: Any) -> Any:
 class _Answer:
     """The batcher waiter of one direct ModelInfer call (see :meth:`InferenceCore.submit`).
 
-    It is resolved in the model's instance thread and answers the call right there: the response
-    is encoded and handed to grpc's C core, which sends it without the GIL. No hop through the event
-    loop, whose wake-up and GIL hand-over per batch cost more than the encoding itself.
+    Resolving it encodes the response and hands it to grpc's C core, which sends it. A batch's
+    answers go, in one hand-off, to the native engine's answer thread (:meth:`NativeServer.answer`),
+    so the model's instance thread goes back to batching while they are encoded and sent; a lone
+    answer goes out at once from the instance thread. No hop through the event loop, whose wake-up
+    and GIL hand-over per batch cost more than the encoding itself.
     """
 
     __slots__ = ("core", "call", "decoded", "requested", "version", "_done")
@@ -357,26 +360,57 @@ class _Answer:
         return self._done
 
     def set_result(self, outputs: Any) -> None:
-        if self._done:
-            return
-        self._done = True
-        decoded = self.decoded
-        try:
-            version = self.version
-            if version is None:  # answered before submit returned: the route it took is the current one
-                version = self.core.served_version(decoded.model, self.requested)
-            result = InferResult(decoded.model, version, outputs, decoded.id)
-            body = infer_response(self.core, decoded, result).SerializeToString()
-        except Exception as exc:
-            self.call.fail(*status_for(exc))
-            return
-        self.call.ok(body)
+        if not self._done:
+            _send(self._reply(outputs, None))
 
     def set_exception(self, error: BaseException) -> None:
-        if self._done:
-            return
+        if not self._done:
+            _send(self._reply(None, error))
+
+    def _reply(self, outputs: Any, error: BaseException | None) -> tuple[Any, bytes | None, tuple]:
+        """``(call, body, ())`` for an answer, ``(call, None, (code, details))`` for an error."""
         self._done = True
-        self.call.fail(*status_for(error))
+        if error is None:
+            decoded = self.decoded
+            try:
+                version = self.version
+                if version is None:  # answered before submit returned: the route it took is the current one
+                    version = self.core.served_version(decoded.model, self.requested)
+                result = InferResult(decoded.model, version, outputs, decoded.id)
+                return self.call, infer_response(self.core, decoded, result).SerializeToString(), ()
+            except Exception as exc:
+                error = exc
+        return self.call, None, status_for(error)
+
+    @staticmethod
+    def resolve_batch(answers: list[tuple[_Answer, Any, BaseException | None]]) -> None:
+        """One batch's answers (see :func:`~nbserve.serving.batcher.resolve_all`): encoded here, sent
+        by the engine's answer thread."""
+        replies = [answer._reply(outputs, error) for answer, outputs, error in answers if not answer._done]
+        if not replies:
+            return
+        server = replies[0][0].server
+        if all(reply[0].server is server for reply in replies):
+            server.answer(_send_all, replies)
+            return
+        by_server: dict[Any, list] = {}  # two gRPC endpoints on one core: each sends its own
+        for reply in replies:
+            by_server.setdefault(reply[0].server, []).append(reply)
+        for server, own in by_server.items():
+            server.answer(_send_all, own)
+
+
+def _send(reply: tuple[Any, bytes | None, tuple]) -> None:
+    call, body, failure = reply
+    if body is not None:
+        call.ok(body)
+    else:
+        call.fail(*failure)
+
+
+def _send_all(replies: list[tuple[Any, bytes | None, tuple]]) -> None:
+    for reply in replies:
+        _send(reply)
 
 
 def make_direct_infer(core: Any, *, token: str | None = None) -> Any:

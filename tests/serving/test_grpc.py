@@ -741,7 +741,7 @@ def test_endpoint_closes_its_port_and_thread(engine):
         server.stop()
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
-        assert not [t for t in threading.enumerate() if t.name == "nbserve-grpc-poll"]
+        assert not [t for t in threading.enumerate() if t.name in ("nbserve-grpc-poll", "nbserve-grpc-answer")]
     reg.clear()
 
 
@@ -772,4 +772,58 @@ def test_stop_finishes_in_flight_requests(gate):
         thread.join(30)
         assert len(outcome) == 1 and not isinstance(outcome[0], Exception), (engine, [str(o) for o in outcome])
         assert outcome[0].as_numpy("y").tolist() == [[1.0]]
+        reg.clear()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["answers", "model-error"])
+def test_a_batch_of_direct_answers_reaches_each_call(fails):
+    """A batch's answers leave the instance thread in one hand-off (the native engine's answer
+    thread sends them): each call gets its own outputs and id, or the batch's error, and nothing is
+    left queued."""
+    gate = Gate()
+
+    def model(x):
+        gate(x[:1])
+        if fails and x.shape[0] > 1:
+            raise ValueError("the batch fails on purpose")
+        return x * 3
+
+    reg = Registry()
+    reg.register(model, name="gated_batch", inputs=[TensorSpec("x", [2], "FP32")],
+                 outputs=[TensorSpec("y", [2], "FP32")], max_batch_size=8,
+                 dynamic_batching={"max_queue_delay_microseconds": 1000})
+    server = start_server(reg, "native")
+    try:
+        async def scenario():
+            async with aioclient.InferenceServerClient(server.grpc_address) as client:
+                def call(i):
+                    x = np.full((1, 2), i, np.float32)
+                    return client.infer("gated_batch", [infer_input("x", x, "FP32")], request_id=f"r{i}")
+
+                first = asyncio.ensure_future(call(0))  # holds the instance thread at the gate
+                while not gate.entered.is_set():
+                    await asyncio.sleep(0.01)
+                rest = [asyncio.ensure_future(call(i)) for i in range(1, 7)]
+                await asyncio.sleep(0.3)  # all six queued behind the gate: they form one batch
+                gate.open.set()
+                return await asyncio.gather(first, *rest, return_exceptions=True)
+
+        results = asyncio.run(scenario())
+        assert results[0].get_response().id == "r0"
+        for i, result in enumerate(results[1:], start=1):
+            if fails:
+                assert isinstance(result, InferenceServerException), result
+                assert "the batch fails on purpose" in str(result)
+                assert "StatusCode.INTERNAL" in str(result.status())
+            else:
+                assert result.get_response().id == f"r{i}"
+                np.testing.assert_array_equal(result.as_numpy("y"), np.full((1, 2), 3 * i, np.float32))
+        stats = server.core.model_statistics("gated_batch")["model_stats"][-1]
+        if fails:
+            assert stats["inference_stats"]["fail"]["count"] == 6
+        else:
+            assert stats["execution_count"] == 2  # the first request alone, then the other six together
+        assert [t for t in threading.enumerate() if t.name == "nbserve-grpc-answer"], "no answer thread"
+    finally:
+        server.stop()
         reg.clear()
