@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -43,5 +44,6 @@ def test_fresh_kernel_readiness_starts_and_stops_a_real_server_in_new_interprete
     out = subprocess.run([sys.executable, "-c", FRESH, str(ROOT / "benchmarks")], capture_output=True, text=True,
                          check=True, timeout=240)
     readings = json.loads(out.stdout)
-    assert len(readings) == 2
-    assert all(0 < r < 30 for r in readings)  # generous: the benchmark reports the real figure
+    assert len(readings["then_s"]) == 2
+    assert readings["median_s"] == statistics.median(readings["then_s"])
+    assert all(0 < r < 30 for r in [readings["first_s"], *readings["then_s"]])  # generous: the benchmark reports the real figure
