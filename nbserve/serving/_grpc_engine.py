@@ -310,7 +310,7 @@ class NativeServer:
 
     # ------------------------------------------------------------------ the answer thread
     def answer(self, send: Callable[[list], None], answers: list) -> None:
-        """Run ``send(answers)`` (encode and send one batch's answers) on the answer thread.
+        """Run ``send(answers)`` (send one batch's encoded answers) on the answer thread.
 
         A lone answer with nothing queued is sent at once on the calling thread: the hop would add
         a thread wake-up to every call at concurrency 1, and with nothing queued no answer can

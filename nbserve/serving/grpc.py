@@ -339,11 +339,11 @@ def infer_response(core: Any, decoded: Any, result: Any) -> Any:
 class _Answer:
     """The batcher waiter of one direct ModelInfer call (see :meth:`InferenceCore.submit`).
 
-    Resolving it encodes the response and hands it to grpc's C core, which sends it. A batch's
-    answers go, in one hand-off, to the native engine's answer thread (:meth:`NativeServer.answer`),
-    so the model's instance thread goes back to batching while they are encoded and sent; a lone
-    answer goes out at once from the instance thread. No hop through the event loop, whose wake-up
-    and GIL hand-over per batch cost more than the encoding itself.
+    Resolving it encodes the response on the model's instance thread and hands it to grpc's C core,
+    which sends it. A batch's encoded answers go, in one hand-off, to the native engine's answer
+    thread (:meth:`NativeServer.answer`), so the instance thread goes back to batching while they are
+    sent; a lone answer goes out at once from the instance thread. No hop through the event loop,
+    whose wake-up and GIL hand-over per batch cost more than the encoding itself.
     """
 
     __slots__ = ("core", "call", "decoded", "requested", "version", "_done")
