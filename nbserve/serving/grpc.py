@@ -386,18 +386,12 @@ class _Answer:
     def resolve_batch(answers: list[tuple[_Answer, Any, BaseException | None]]) -> None:
         """One batch's answers (see :func:`~nbserve.serving.batcher.resolve_all`): encoded here, sent
         by the engine's answer thread."""
-        replies = [answer._reply(outputs, error) for answer, outputs, error in answers if not answer._done]
-        if not replies:
-            return
-        server = replies[0][0].server
-        if all(reply[0].server is server for reply in replies):
-            server.answer(_send_all, replies)
-            return
         by_server: dict[Any, list] = {}  # two gRPC endpoints on one core: each sends its own
-        for reply in replies:
-            by_server.setdefault(reply[0].server, []).append(reply)
-        for server, own in by_server.items():
-            server.answer(_send_all, own)
+        for answer, outputs, error in answers:
+            if not answer._done:
+                by_server.setdefault(answer.call.server, []).append(answer._reply(outputs, error))
+        for server, replies in by_server.items():
+            server.answer(_send_all, replies)
 
 
 def _send(reply: tuple[Any, bytes | None, tuple]) -> None:
